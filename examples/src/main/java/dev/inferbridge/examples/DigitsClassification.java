@@ -1,0 +1,291 @@
+package dev.inferbridge.examples;
+
+import dev.inferbridge.Inference;
+import dev.inferbridge.Model;
+import dev.inferbridge.ModelOutput;
+import dev.inferbridge.SklearnModel;
+import dev.inferbridge.Step;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.Locale;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.apache.beam.sdk.Pipeline;
+import org.apache.beam.sdk.PipelineResult;
+import org.apache.beam.sdk.options.Default;
+import org.apache.beam.sdk.options.Description;
+import org.apache.beam.sdk.options.PipelineOptionsFactory;
+import org.apache.beam.sdk.options.PortablePipelineOptions;
+import org.apache.beam.sdk.options.Validation;
+import org.apache.beam.sdk.schemas.Schema;
+import org.apache.beam.sdk.schemas.Schema.FieldType;
+import org.apache.beam.sdk.transforms.Combine;
+import org.apache.beam.sdk.transforms.Create;
+import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.MapElements;
+import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.join.CoGbkResult;
+import org.apache.beam.sdk.transforms.join.CoGroupByKey;
+import org.apache.beam.sdk.transforms.join.KeyedPCollectionTuple;
+import org.apache.beam.sdk.values.KV;
+import org.apache.beam.sdk.values.PCollection;
+import org.apache.beam.sdk.values.Row;
+import org.apache.beam.sdk.values.TupleTag;
+import org.apache.beam.sdk.values.TypeDescriptors;
+
+/**
+ * Classifies scikit-learn's handwritten digits with a Python model, from a Java pipeline.
+ *
+ * <p>Reads the held-out rows written by {@code examples/digits/train_model.py}, runs them through
+ * {@link Inference} (scale the pixels, {@code predict_proba}, {@code argmax}), joins the
+ * predictions with the true labels by key, and prints {@code accuracy=<a> expected=<e> rows=<n>},
+ * where {@code expected} is scikit-learn's own score on the same rows. Exits with status 1 if the
+ * two differ.
+ *
+ * <p>Run it under {@code inferbridge-local}, which starts the expansion and job services:
+ *
+ * <pre>
+ * inferbridge-local -- java -cp ... dev.inferbridge.examples.DigitsClassification --modelDir=DIR
+ * </pre>
+ */
+public final class DigitsClassification {
+
+  /** Options of the example. */
+  public interface Options extends PortablePipelineOptions {
+    @Description("Directory written by examples/digits/train_model.py")
+    @Validation.Required
+    String getModelDir();
+
+    void setModelDir(String value);
+
+    @Description("Model file format in the model directory: pickle or joblib")
+    @Default.String("pickle")
+    String getModelFormat();
+
+    void setModelFormat(String value);
+
+    @Description("host:port of the InferBridge expansion service (default: $INFERBRIDGE_EXPANSION_SERVICE)")
+    String getExpansionService();
+
+    void setExpansionService(String value);
+
+    @Description("If set, also write one 'key,inference' line per row to this file")
+    String getPredictionsFile();
+
+    void setPredictionsFile(String value);
+  }
+
+  static final Schema DIGIT_SCHEMA =
+      Schema.builder()
+          .addInt64Field("id")
+          .addInt64Field("label")
+          .addArrayField("pixels", FieldType.DOUBLE)
+          .build();
+
+  private DigitsClassification() {}
+
+  public static void main(String[] args) throws Exception {
+    Options options =
+        PipelineOptionsFactory.fromArgs(LocalPortableRun.withDefaults(args))
+            .withValidation()
+            .as(Options.class);
+    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+      run(options);
+    }
+  }
+
+  static void run(Options options) throws IOException {
+    Path modelDir = Paths.get(options.getModelDir()).toAbsolutePath();
+    List<Row> digits = readRows(modelDir.resolve("test_rows.csv"));
+    double expected = readExpectedScore(modelDir.resolve("expected.json"));
+    Path tally = Files.createTempFile("inferbridge-digits", ".txt");
+
+    Pipeline pipeline = Pipeline.create(options);
+    PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(DIGIT_SCHEMA));
+
+    Inference inference =
+        Inference.of(model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA))
+            .withKeyField("id")
+            .withFeatureField("pixels")
+            .withPreprocess(Step.scale(1.0 / 16))
+            .withPostprocess(Step.argmax());
+    if (options.getExpansionService() != null) {
+      inference = inference.withExpansionService(options.getExpansionService());
+    }
+    PCollection<Row> predictions = rows.apply("Classify", inference);
+
+    TupleTag<Long> labelTag = new TupleTag<Long>() {};
+    TupleTag<Long> predictionTag = new TupleTag<Long>() {};
+    KeyedPCollectionTuple.of(labelTag, byId(rows, "id", "label", "Labels"))
+        .and(predictionTag, byId(predictions, "key", "inference", "Predictions"))
+        .apply("JoinById", CoGroupByKey.create())
+        .apply("Score", ParDo.of(new Score(labelTag, predictionTag)))
+        .apply("Tally", Combine.globally(new Tally()))
+        .apply("WriteTally", ParDo.of(new WriteText(tally.toString())));
+    if (options.getPredictionsFile() != null) {
+      predictions
+          .apply(
+              "FormatPredictions",
+              MapElements.into(TypeDescriptors.strings())
+                  .via((Row r) -> r.getInt64("key") + "," + r.getInt64("inference")))
+          .apply("CollectPredictions", Combine.globally(new SortedLines()))
+          .apply("WritePredictions", ParDo.of(new WriteText(options.getPredictionsFile())));
+    }
+
+    PipelineResult.State state = pipeline.run().waitUntilFinish();
+    if (state != PipelineResult.State.DONE) {
+      throw new IllegalStateException("the pipeline ended in state " + state);
+    }
+    // "correct,predicted" as written by the pipeline.
+    String[] counts = new String(Files.readAllBytes(tally), StandardCharsets.UTF_8).trim().split(",");
+    Files.delete(tally);
+    long correct = Long.parseLong(counts[0]);
+    long predicted = Long.parseLong(counts[1]);
+    double accuracy = (double) correct / digits.size();
+    System.out.println("accuracy=" + accuracy + " expected=" + expected + " rows=" + predicted);
+    if (accuracy != expected || predicted != digits.size()) {
+      System.exit(1);
+    }
+  }
+
+  private static Model model(String format, Path modelDir) {
+    switch (format.toLowerCase(Locale.ROOT)) {
+      case "pickle":
+        return SklearnModel.pickle(modelDir.resolve("digits.pkl").toString());
+      case "joblib":
+        return SklearnModel.joblib(modelDir.resolve("digits.joblib").toString());
+      default:
+        throw new IllegalArgumentException("--modelFormat=" + format + " is not supported; allowed: pickle, joblib");
+    }
+  }
+
+  private static PCollection<KV<Long, Long>> byId(
+      PCollection<Row> rows, String keyField, String valueField, String name) {
+    return rows.apply(
+        name,
+        MapElements.into(TypeDescriptors.kvs(TypeDescriptors.longs(), TypeDescriptors.longs()))
+            .via((Row r) -> KV.of(r.getInt64(keyField), r.getInt64(valueField))));
+  }
+
+  static List<Row> readRows(Path csv) throws IOException {
+    List<String> lines = Files.readAllLines(csv, StandardCharsets.UTF_8);
+    List<Row> rows = new ArrayList<>();
+    for (String line : lines.subList(1, lines.size())) {
+      String[] cells = line.split(",");
+      List<Double> pixels = new ArrayList<>();
+      for (int i = 2; i < cells.length; i++) {
+        pixels.add(Double.parseDouble(cells[i]));
+      }
+      rows.add(
+          Row.withSchema(DIGIT_SCHEMA)
+              .addValues(Long.parseLong(cells[0]), Long.parseLong(cells[1]), pixels)
+              .build());
+    }
+    return rows;
+  }
+
+  static double readExpectedScore(Path json) throws IOException {
+    String text = new String(Files.readAllBytes(json), StandardCharsets.UTF_8);
+    Matcher m = Pattern.compile("\"score\":\\s*([0-9.eE+-]+)").matcher(text);
+    if (!m.find()) {
+      throw new IllegalArgumentException(json + " has no \"score\"; rerun examples/digits/train_model.py");
+    }
+    return Double.parseDouble(m.group(1));
+  }
+
+  /** Scores one id: 1 if predicted correctly, 0 if predicted wrongly, -1 if not predicted. */
+  static final class Score extends DoFn<KV<Long, CoGbkResult>, Long> {
+    private final TupleTag<Long> labelTag;
+    private final TupleTag<Long> predictionTag;
+
+    Score(TupleTag<Long> labelTag, TupleTag<Long> predictionTag) {
+      this.labelTag = labelTag;
+      this.predictionTag = predictionTag;
+    }
+
+    @ProcessElement
+    public void process(@Element KV<Long, CoGbkResult> joined, OutputReceiver<Long> out) {
+      Long label = joined.getValue().getOnly(labelTag);
+      Long prediction = joined.getValue().getOnly(predictionTag, null);
+      out.output(prediction == null ? -1L : label.equals(prediction) ? 1L : 0L);
+    }
+  }
+
+  /** Adds up scores into "correct,predicted". */
+  static final class Tally extends Combine.CombineFn<Long, long[], String> {
+    @Override
+    public long[] createAccumulator() {
+      return new long[2];
+    }
+
+    @Override
+    public long[] addInput(long[] acc, Long score) {
+      acc[0] += score == 1L ? 1 : 0;
+      acc[1] += score >= 0L ? 1 : 0;
+      return acc;
+    }
+
+    @Override
+    public long[] mergeAccumulators(Iterable<long[]> accs) {
+      long[] merged = createAccumulator();
+      for (long[] acc : accs) {
+        merged[0] += acc[0];
+        merged[1] += acc[1];
+      }
+      return merged;
+    }
+
+    @Override
+    public String extractOutput(long[] acc) {
+      return acc[0] + "," + acc[1];
+    }
+  }
+
+  /** Joins lines into one text, sorted, so it can be written in one go. */
+  static final class SortedLines extends Combine.CombineFn<String, List<String>, String> {
+    @Override
+    public List<String> createAccumulator() {
+      return new ArrayList<>();
+    }
+
+    @Override
+    public List<String> addInput(List<String> acc, String line) {
+      acc.add(line);
+      return acc;
+    }
+
+    @Override
+    public List<String> mergeAccumulators(Iterable<List<String>> accs) {
+      List<String> merged = new ArrayList<>();
+      accs.forEach(merged::addAll);
+      return merged;
+    }
+
+    @Override
+    public String extractOutput(List<String> acc) {
+      List<String> sorted = new ArrayList<>(acc);
+      Collections.sort(sorted);
+      return String.join("\n", sorted) + "\n";
+    }
+  }
+
+  /** Writes its one input to a local file; runs in this JVM under the LOOPBACK environment. */
+  static final class WriteText extends DoFn<String, Void> {
+    private final String path;
+
+    WriteText(String path) {
+      this.path = path;
+    }
+
+    @ProcessElement
+    public void process(@Element String text) throws IOException {
+      Files.write(Paths.get(path), text.getBytes(StandardCharsets.UTF_8));
+    }
+  }
+}

@@ -1,0 +1,121 @@
+"""``inferbridge-local``: run a command with the services a local cross-language pipeline needs.
+
+A Java pipeline that uses InferBridge needs two services on this machine, and no Docker:
+
+- the InferBridge expansion service, whose worker pool runs the Python stages, and
+- a portable job service that runs the pipeline (Beam's Python local job service).
+
+``inferbridge-local -- java -cp ... MyPipeline`` starts both on free loopback ports, runs the
+command with ``INFERBRIDGE_EXPANSION_SERVICE`` and ``INFERBRIDGE_JOB_ENDPOINT`` set to their
+addresses, stops both afterwards, and exits with the command's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator, Optional, Sequence
+
+import grpc
+from apache_beam.runners.portability import local_job_service
+
+EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE"
+JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: float) -> None:
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the expansion service exited with status {process.returncode} before serving "
+                f"on {address}; its log is above"
+            )
+        with grpc.insecure_channel(address) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return
+            except grpc.FutureTimeoutError:
+                pass
+    raise TimeoutError(f"the expansion service did not start serving on {address} in {timeout_secs}s")
+
+
+@contextlib.contextmanager
+def expansion_service(port: int = 0, log_level: str = "WARNING", timeout_secs: float = 60) -> Iterator[str]:
+    """Runs ``inferbridge-expansion-service`` in a child process; yields its address."""
+    port = port or free_port()
+    address = f"localhost:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferbridge.expansion_service", "--port", str(port), "--log-level", log_level]
+    )
+    try:
+        _wait_until_serving(address, process, timeout_secs)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def job_service(port: int = 0) -> Iterator[str]:
+    """Runs Beam's local (portable, batch) job service in this process; yields its address."""
+    servicer = local_job_service.LocalJobServicer()
+    bound = servicer.start_grpc_server(port)
+    try:
+        yield f"localhost:{bound}"
+    finally:
+        servicer.stop()
+
+
+@contextlib.contextmanager
+def local_services(
+    expansion_port: int = 0, job_port: int = 0, log_level: str = "WARNING"
+) -> Iterator[dict[str, str]]:
+    """Both services; yields the environment variables that point a pipeline at them."""
+    with expansion_service(expansion_port, log_level) as expansion, job_service(job_port) as jobs:
+        yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="inferbridge-local",
+        description=(
+            "Run COMMAND with a local InferBridge expansion service and a portable job service; "
+            f"their addresses are passed in ${EXPANSION_SERVICE_ENV} and ${JOB_ENDPOINT_ENV}."
+        ),
+    )
+    parser.add_argument("--expansion-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--job-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to run after --, e.g. inferbridge-local -- java -cp ... Main")
+    with local_services(args.expansion_port, args.job_port, args.log_level) as env:
+        print(
+            f"inferbridge-local: expansion service {env[EXPANSION_SERVICE_ENV]}, "
+            f"job service {env[JOB_ENDPOINT_ENV]}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return subprocess.call(command, env={**os.environ, **env})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
