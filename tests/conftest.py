@@ -1,0 +1,27 @@
+"""Shared set-up of the cross-language tests: the Java examples' classpath, and a trained model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def java_classpath():
+    """The runtime classpath of the Java examples, written by `gradle writeRuntimeClasspath`."""
+    path = Path(os.environ.get("INFERBRIDGE_EXAMPLES_CLASSPATH", ROOT / "examples/build/runtime-classpath.txt"))
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build the Java examples first (scripts/test does)")
+    return path.read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """A digits model trained here by the example's own script, with its held-out rows."""
+    out = tmp_path_factory.mktemp("digits")
+    subprocess.run([sys.executable, str(ROOT / "examples/digits/train_model.py"), str(out)], check=True)
+    return out

@@ -1,0 +1,98 @@
+"""Java pipelines that run the Python composite through a live expansion service.
+
+Each test runs a real JVM with the digits example pipeline on Beam's portable local job
+service, with the Python stages in the expansion service's worker pool.
+"""
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+
+from inferbridge.local_services import local_services
+
+MAIN_CLASS = "dev.inferbridge.examples.DigitsClassification"
+TIMEOUT_SECS = 300
+
+
+def sklearn_predictions(digits_dir, model):
+    with open(digits_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))[1:]
+    pixels = np.array([[float(v) for v in row[2:]] for row in rows])
+    keys = [int(row[0]) for row in rows]
+    return dict(zip(keys, model.predict(pixels / 16).tolist()))
+
+
+def read_predictions(path):
+    with open(path) as f:
+        return {int(k): int(v) for k, v in (line.strip().split(",") for line in f if line.strip())}
+
+
+@pytest.fixture(scope="module")
+def services():
+    with local_services() as env:
+        yield env
+
+
+def run_java(classpath, env, *args):
+    return subprocess.run(
+        ["java", "-cp", classpath, MAIN_CLASS, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECS,
+    )
+
+
+def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, digits_dir, tmp_path):
+    predictions = tmp_path / "predictions.csv"
+    result = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "inferbridge-local"),
+            "--",
+            "java", "-cp", java_classpath, MAIN_CLASS,
+            f"--modelDir={digits_dir}",
+            f"--predictionsFile={predictions}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECS,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = json.loads((digits_dir / "expected.json").read_text())
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line == f"accuracy={expected['score']!r} expected={expected['score']!r} rows={expected['rows']}"
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        model = pickle.load(f)
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+
+
+def test_joblib_model_predictions_equal_scikit_learns(java_classpath, digits_dir, services, tmp_path):
+    predictions = tmp_path / "predictions.csv"
+    result = run_java(
+        java_classpath, services, f"--modelDir={digits_dir}", "--modelFormat=joblib", f"--predictionsFile={predictions}"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    model = joblib.load(digits_dir / "digits.joblib")
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+
+
+def test_missing_model_file_fails_at_construction_naming_the_uri(java_classpath, digits_dir, services, tmp_path):
+    no_model = tmp_path / "no-model"
+    no_model.mkdir()
+    for name in ("test_rows.csv", "expected.json"):
+        shutil.copy(digits_dir / name, no_model / name)
+    result = run_java(java_classpath, services, f"--modelDir={no_model}")
+    assert result.returncode != 0
+    missing = no_model / "digits.pkl"
+    assert (
+        f"rejected the configuration: ValueError: model_uri='{missing}' does not exist or is not readable"
+        in result.stderr
+    ), result.stderr[-4000:]
