@@ -1,5 +1,6 @@
 import pickle
 
+import apache_beam as beam
 import joblib
 import numpy as np
 import pytest
@@ -37,7 +38,11 @@ def held_out(digits):
     return pixels[1000:1100], labels[1000:1100]
 
 
-def as_rows(pixels):
-    import apache_beam as beam
-
+def _as_rows(pixels):
     return [beam.Row(id=i, pixels=[float(v) for v in row]) for i, row in enumerate(np.asarray(pixels))]
+
+
+@pytest.fixture(scope="session")
+def as_rows():
+    """Turns an array of digits into Rows of (id, pixels)."""
+    return _as_rows

@@ -11,10 +11,9 @@ import pytest
 from apache_beam.portability.api import beam_expansion_api_pb2, beam_expansion_api_pb2_grpc, beam_runner_api_pb2
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.external import ExternalTransform
-from conftest import as_rows
 
 from inferbridge import Inference, Model, Step
-from inferbridge.local_services import expansion_service, free_port
+from inferbridge.local_services import expansion_service, free_port, wait_until_serving
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def service():
         yield address
 
 
-def test_python_pipeline_runs_the_composite_through_the_service(service, model_files, digits_model, held_out):
+def test_python_pipeline_runs_the_composite_through_the_service(as_rows, service, model_files, digits_model, held_out):
     pixels, _ = held_out
     transform = Inference(
         Model.sklearn(model_files["pickle"], output="predict_proba"),
@@ -39,7 +38,7 @@ def test_python_pipeline_runs_the_composite_through_the_service(service, model_f
         assert_that(out | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected.tolist()))))
 
 
-def test_configuration_errors_name_the_field_and_value(service, model_files):
+def test_configuration_errors_name_the_field_and_value(as_rows, service, model_files):
     bad = Inference(Model.sklearn(model_files["pickle"]), key_field="id", feature_field="pixel")
     urn, payload = bad.to_runner_api_parameter(None)
     p = beam.Pipeline()
@@ -94,13 +93,13 @@ def test_a_taken_port_fails_fast_with_a_clear_message(service):
 def test_logs_its_address_once_and_stops_cleanly_on_sigterm():
     port = free_port()
     process = _start_service("--port", str(port))
-    first = process.stdout.readline()
-    while "listening on" not in first:
-        assert first, "the service exited before logging its address"
-        first = process.stdout.readline()
-    assert f"listening on 127.0.0.1:{port}" in first
-    assert "Apache Beam 2.77.0" in first
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=60)
+    try:
+        wait_until_serving(f"localhost:{port}", process, timeout_secs=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
     assert process.returncode == 0
-    assert "listening on" not in rest
+    listening = [line for line in output.splitlines() if "listening on" in line]
+    assert len(listening) == 1, output
+    assert f"listening on 127.0.0.1:{port}" in listening[0]
+    assert "Apache Beam 2.77.0" in listening[0]

@@ -6,14 +6,13 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import as_rows
 
 from inferbridge import Inference, Model, Step
 from inferbridge.inference import output_row_type
 
 
 @pytest.mark.parametrize("model_format", ["pickle", "joblib"])
-def test_predictions_equal_scikit_learns(model_format, model_files, digits_model, held_out):
+def test_predictions_equal_scikit_learns(as_rows, model_format, model_files, digits_model, held_out):
     pixels, _ = held_out
     expected = digits_model.predict(pixels / 16)
     with beam.Pipeline() as p:
@@ -30,7 +29,7 @@ def test_predictions_equal_scikit_learns(model_format, model_files, digits_model
         assert_that(out | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(v)) for i, v in enumerate(expected)]))
 
 
-def test_probabilities_argmax_and_labels(model_files, digits_model, held_out):
+def test_probabilities_argmax_and_labels(as_rows, model_files, digits_model, held_out):
     pixels, _ = held_out
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     expected = [names[i] for i in digits_model.predict_proba(pixels / 16).argmax(axis=1)]
@@ -52,7 +51,7 @@ def test_probabilities_argmax_and_labels(model_files, digits_model, held_out):
         )
 
 
-def test_output_rows_carry_the_preprocessed_example_and_a_typed_schema(model_files, held_out):
+def test_output_rows_carry_the_preprocessed_example_and_a_typed_schema(as_rows, model_files, held_out):
     pixels, _ = held_out
     transform = Inference(
         Model.sklearn(model_files["pickle"], output="predict_proba"),

@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: float) -> None:
+def wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: float) -> None:
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -60,7 +60,7 @@ def expansion_service(port: int = 0, log_level: str = "WARNING", timeout_secs: f
         [sys.executable, "-m", "inferbridge.expansion_service", "--port", str(port), "--log-level", log_level]
     )
     try:
-        _wait_until_serving(address, process, timeout_secs)
+        wait_until_serving(address, process, timeout_secs)
         yield address
     finally:
         process.terminate()
