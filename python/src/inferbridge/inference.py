@@ -15,7 +15,7 @@ from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints.row_type import RowTypeConstraint
 
 from inferbridge import models, steps
-from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, RunInferenceConfig, Step
+from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, Step
 
 # The Beam type of the ``inference`` field for each kind of inference value.
 _INFERENCE_TYPES: dict[str, Any] = {
@@ -203,4 +203,4 @@ def _check_model_exists(model: Model) -> None:
         )
 
 
-__all__ = ["Inference", "output_row_type", "RunInferenceConfig"]
+__all__ = ["Inference", "output_row_type"]

@@ -5,7 +5,6 @@ typed schema below; ``tests/golden/run_inference_v1.schema`` records it, and bot
 unit tests compare their schema to that file.
 """
 
-
 import json
 import typing
 from dataclasses import dataclass, field
