@@ -1,6 +1,5 @@
 """Shared set-up of the cross-language tests: the Java examples' classpath, and a trained model."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def java_classpath():
     """The runtime classpath of the Java examples, written by `gradle writeRuntimeClasspath`."""
-    path = Path(os.environ.get("INFERBRIDGE_EXAMPLES_CLASSPATH", ROOT / "examples/build/runtime-classpath.txt"))
+    path = ROOT / "examples/build/runtime-classpath.txt"
     if not path.exists():
         pytest.fail(f"{path} is missing: build the Java examples first (scripts/test does)")
     return path.read_text().strip()

@@ -17,12 +17,12 @@ from apache_beam.typehints.row_type import RowTypeConstraint
 from inferbridge import models, steps
 from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, Step
 
-# The Beam type of the ``inference`` field for each kind of inference value.
-_INFERENCE_TYPES: dict[str, Any] = {
-    steps.VECTOR: typing.Sequence[float],
-    steps.NUMBER: float,
-    steps.INTEGER: int,
-    steps.LABEL: str,
+# Per kind of inference value: the Beam type of the ``inference`` field, and the conversion to it.
+_INFERENCE_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    steps.VECTOR: (typing.Sequence[float], lambda v: [float(x) for x in np.ravel(v)]),
+    steps.NUMBER: (float, float),
+    steps.INTEGER: (int, int),
+    steps.LABEL: (str, str),
 }
 _KEY_TYPES = (str, int, np.int64, np.int32, np.int16, np.int8)
 _SCALAR_TYPES = (str, bytes, bool, int, float, np.int64, np.int32, np.float64, np.float32)
@@ -34,7 +34,7 @@ def output_row_type(spec: InferenceSpec, key_type: Any = str) -> RowTypeConstrai
         [
             ("key", key_type),
             ("example", typing.Sequence[float]),
-            ("inference", _INFERENCE_TYPES[spec.inference_kind]),
+            ("inference", _INFERENCE_FIELDS[spec.inference_kind][0]),
             ("model_id", str),
         ]
     )
@@ -130,7 +130,7 @@ class _Finish:
 
     def __init__(self, spec: InferenceSpec) -> None:
         self._steps = _build(steps.POSTPROCESS, spec.postprocess)
-        self._to_field = _FIELD_CONVERTERS[spec.inference_kind]
+        self._to_field = _INFERENCE_FIELDS[spec.inference_kind][1]
         self._model_id = spec.model.id
 
     def __call__(self, keyed: tuple[Any, PredictionResult]) -> beam.Row:
@@ -144,14 +144,6 @@ class _Finish:
             inference=self._to_field(value),
             model_id=self._model_id,
         )
-
-
-_FIELD_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    steps.VECTOR: lambda v: [float(x) for x in np.ravel(v)],
-    steps.NUMBER: float,
-    steps.INTEGER: int,
-    steps.LABEL: str,
-}
 
 
 def _build(stage: str, configured: Sequence[Step]) -> list[Callable[[Any], Any]]:

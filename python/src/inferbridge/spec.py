@@ -47,7 +47,7 @@ class Step:
     """A named step with parameters, e.g. ``Step("scale", factor=1 / 16)``."""
 
     name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any]
 
     def __init__(self, name: str, /, **params: Any) -> None:
         object.__setattr__(self, "name", name)
@@ -112,6 +112,8 @@ class InferenceSpec:
     model: Model
     preprocess: tuple[Step, ...] = ()
     postprocess: tuple[Step, ...] = ()
+    # The kind of the output ``inference`` field after every postprocessing step; derived.
+    inference_kind: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preprocess", tuple(self.preprocess))
@@ -122,11 +124,10 @@ class InferenceSpec:
         _require_choice("model_framework", self.model.framework, tuple(MODEL_FORMATS))
         _require_choice("model_format", self.model.format, MODEL_FORMATS[self.model.framework])
         _require_choice("model_output", self.model.output, MODEL_OUTPUTS[self.model.framework])
-        self.inference_kind  # validates the step chain
+        object.__setattr__(self, "inference_kind", self._check_steps())
 
-    @property
-    def inference_kind(self) -> str:
-        """The kind of the output ``inference`` field after every postprocessing step."""
+    def _check_steps(self) -> str:
+        """Checks every step's parameters and the postprocessing chain; returns the final kind."""
         for step in self.preprocess:
             steps.check_params(steps.lookup(steps.PREPROCESS, step.name), step.params)
         kind = _OUTPUT_KINDS[self.model.output]
