@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import apache_beam as beam
@@ -29,6 +30,14 @@ def model_files(digits_model, tmp_path_factory):
         pickle.dump(digits_model, f)
     joblib.dump(digits_model, root / "digits.joblib")
     return {"pickle": str(root / "digits.pkl"), "joblib": str(root / "digits.joblib")}
+
+
+@pytest.fixture(scope="session")
+def trusting(model_files):
+    """A load policy that trusts the folder of the test models (pickle and joblib need it)."""
+    from inferbridge.policy import LoadPolicy
+
+    return LoadPolicy(trusted_roots=(os.path.dirname(model_files["pickle"]),))
 
 
 @pytest.fixture(scope="session")

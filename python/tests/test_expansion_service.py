@@ -1,5 +1,6 @@
 """The expansion service, run for real as a child process and called over gRPC."""
 
+import os
 import pickle
 import signal
 import subprocess
@@ -17,8 +18,9 @@ from inferbridge.local_services import expansion_service, free_port, wait_until_
 
 
 @pytest.fixture(scope="module")
-def service():
-    with expansion_service() as address:
+def service(model_files):
+    models_dir = os.path.dirname(model_files["pickle"])
+    with expansion_service(service_args=[f"--trusted-model-root={models_dir}"]) as address:
         yield address
 
 
@@ -27,23 +29,24 @@ def test_python_pipeline_runs_the_composite_through_the_service(as_rows, service
     transform = Inference(
         Model.sklearn(model_files["pickle"], output="predict_proba"),
         key_field="id",
-        feature_field="pixels",
+        feature_fields="pixels",
         preprocess=[Step("scale", factor=1 / 16)],
         postprocess=[Step("argmax")],
     )
     urn, payload = transform.to_runner_api_parameter(None)
     expected = digits_model.predict_proba(pixels / 16).argmax(axis=1)
     with beam.Pipeline() as p:
-        out = p | beam.Create(as_rows(pixels)) | ExternalTransform(urn, payload.SerializeToString(), service)
-        assert_that(out | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected.tolist()))))
+        result = p | beam.Create(as_rows(pixels)) | ExternalTransform(urn, payload.SerializeToString(), service)
+        assert_that(result["inferences"] | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected.tolist()))))
+        assert_that(result["failures"], equal_to([]), label="NoFailures")
 
 
 def test_configuration_errors_name_the_field_and_value(as_rows, service, model_files):
-    bad = Inference(Model.sklearn(model_files["pickle"]), key_field="id", feature_field="pixel")
+    bad = Inference(Model.sklearn(model_files["pickle"]), key_field="id", feature_fields="pixel")
     urn, payload = bad.to_runner_api_parameter(None)
     p = beam.Pipeline()
     rows = p | beam.Create(as_rows([[0.0] * 64]))
-    with pytest.raises(RuntimeError, match="feature_field='pixel' is not a field of the input schema; available fields: id, pixels"):
+    with pytest.raises(RuntimeError, match="feature_fields\\[0\\]='pixel' is not a field of the input schema; available fields: id, pixels"):
         rows | ExternalTransform(urn, payload.SerializeToString(), service)
 
 
@@ -103,3 +106,13 @@ def test_logs_its_address_once_and_stops_cleanly_on_sigterm():
     assert len(listening) == 1, output
     assert f"listening on 127.0.0.1:{port}" in listening[0]
     assert "Apache Beam 2.77.0" in listening[0]
+
+
+def test_pickles_outside_the_trusted_roots_are_refused(as_rows, service, digits_model, tmp_path):
+    untrusted = tmp_path / "elsewhere.pkl"
+    untrusted.write_bytes(pickle.dumps(digits_model))
+    urn, payload = Inference(Model.sklearn(str(untrusted)), key_field="id", feature_fields="pixels").to_runner_api_parameter(None)
+    p = beam.Pipeline()
+    rows = p | beam.Create(as_rows([[0.0] * 64]))
+    with pytest.raises(RuntimeError, match="--trusted-model-root"):
+        rows | ExternalTransform(urn, payload.SerializeToString(), service)

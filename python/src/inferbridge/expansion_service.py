@@ -30,12 +30,13 @@ from apache_beam.runners.worker import worker_pool_main
 from apache_beam.utils import thread_pool_executor
 
 # Importing the composites registers their URNs with Beam.
-from inferbridge import inference  # noqa: F401
+from inferbridge import evaluate, inference  # noqa: F401
+from inferbridge.policy import LoadPolicy
 from inferbridge.spec import RUN_INFERENCE_URN
 
 _LOGGER = logging.getLogger("inferbridge.expansion_service")
 
-SERVED_URNS = frozenset({RUN_INFERENCE_URN})
+SERVED_URNS = frozenset({RUN_INFERENCE_URN, evaluate.EVALUATE_URN})
 VERSION = "0.1.0"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
@@ -131,6 +132,32 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--port", type=int, default=8097, help="port to listen on; 0 picks a free one (default: %(default)s)"
     )
+    # What models expanded pipelines may load (see inferbridge.policy); defaults come from the
+    # INFERBRIDGE_MODEL_ROOTS / _TRUSTED_MODEL_ROOTS / _ALLOWED_MODEL_CLASSES variables.
+    env = LoadPolicy.from_env()
+    parser.add_argument(
+        "--model-root",
+        action="append",
+        default=list(env.model_roots),
+        metavar="DIR_OR_URI",
+        help="models must be under one of these (repeatable; default: anywhere)",
+    )
+    parser.add_argument(
+        "--trusted-model-root",
+        action="append",
+        default=list(env.trusted_roots),
+        metavar="DIR_OR_URI",
+        help="pickle, joblib and TorchScript models, which run code when loaded, may be loaded "
+        "from here (repeatable; default: nowhere)",
+    )
+    parser.add_argument(
+        "--allow-model-class",
+        action="append",
+        default=list(env.allowed_model_classes),
+        metavar="MODULE_PREFIX",
+        help="PyTorch model classes may be imported from modules under this prefix (repeatable; "
+        "default: none)",
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
     )
@@ -141,6 +168,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(argv)
     # force: importing Beam may already have configured the root logger.
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        policy = LoadPolicy(
+            model_roots=tuple(args.model_root),
+            trusted_roots=tuple(args.trusted_model_root),
+            allowed_model_classes=tuple(args.allow_model_class),
+        )
+    except ValueError as e:
+        print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
+        return 2
+    inference.configure_load_policy(policy)
     try:
         server = ExpansionServer(args.host, args.port)
     except OSError as e:
@@ -157,6 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.address,
         ", ".join(sorted(SERVED_URNS)),
     )
+    _LOGGER.info("Model policy: %s", policy)
     stopping.wait()
     _LOGGER.info("Shutting down: finishing in-flight requests")
     server.stop()

@@ -1,163 +1,722 @@
-"""The ``Inference`` composite: preprocess -> Beam RunInference -> postprocess -> typed Rows."""
+"""The ``Inference`` composite: input Rows -> preprocess -> Beam RunInference -> postprocess.
+
+Every input row leaves as exactly one output: an inference Row, or a failure Row naming the
+stage that failed (input, routing, preprocess, inference, postprocess, output) and why.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import typing
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.coders import RowCoder
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    KeyModelMapping,
+    KeyModelPathMapping,
+    ModelHandler,
+    ModelMetadata,
+    PredictionResult,
+    RunInference,
+)
 from apache_beam.portability.api import external_transforms_pb2
+from apache_beam.transforms import trigger, window
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints.row_type import RowTypeConstraint
 
 from inferbridge import models, steps
-from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, Step
+from inferbridge.policy import LoadPolicy
+from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, StepLike
+
+_LOGGER = logging.getLogger("inferbridge.inference")
+
+# Input tags when the composite gets model updates as a second input (cross-language).
+ROWS_TAG = "rows"
+MODEL_UPDATES_TAG = "model_updates"
+FAILURES_TAG = "failures"
 
 # Per kind of inference value: the Beam type of the ``inference`` field, and the conversion to it.
 _INFERENCE_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     steps.VECTOR: (typing.Sequence[float], lambda v: [float(x) for x in np.ravel(v)]),
     steps.NUMBER: (float, float),
     steps.INTEGER: (int, int),
-    steps.LABEL: (str, str),
+    steps.LABEL: (str, lambda v: v if isinstance(v, str) else str(v)),
+    steps.MAP: (typing.Mapping[str, float], lambda v: {str(k): float(x) for k, x in dict(v).items()}),
+    steps.ANY: (typing.Any, lambda v: v),
 }
 _KEY_TYPES = (str, int, np.int64, np.int32, np.int16, np.int8)
 _SCALAR_TYPES = (str, bytes, bool, int, float, np.int64, np.int32, np.float64, np.float32)
 
+FAILURE_ROW = RowTypeConstraint.from_fields(
+    [
+        ("stage", str),
+        ("step", typing.Optional[str]),
+        ("error_type", str),
+        ("message", str),
+        ("element", str),
+        ("key", typing.Optional[str]),
+        ("model_id", typing.Optional[str]),
+    ]
+)
 
-def output_row_type(spec: InferenceSpec, key_type: Any = str) -> RowTypeConstraint:
-    """The schema of the composite's output Rows for ``spec``."""
+_load_policy: Optional[LoadPolicy] = None
+
+
+def configure_load_policy(policy: Optional[LoadPolicy]) -> None:
+    """Sets the policy for composites built from a wire spec (the expansion service's)."""
+    global _load_policy
+    _load_policy = policy
+
+
+class InferenceResult(NamedTuple):
+    """The composite's outputs: one inference Row or one failure Row per input row."""
+
+    inferences: beam.PCollection
+    failures: beam.PCollection
+
+
+def output_row_type(
+    spec: InferenceSpec, key_type: Any = str, passthrough: Sequence[tuple[str, Any]] = ()
+) -> RowTypeConstraint:
+    """The schema of the composite's inference Rows for ``spec``."""
     return RowTypeConstraint.from_fields(
         [
             ("key", key_type),
             ("example", typing.Sequence[float]),
             ("inference", _INFERENCE_FIELDS[spec.inference_kind][0]),
             ("model_id", str),
+            *passthrough,
         ]
     )
 
 
 @beam.PTransform.register_urn(RUN_INFERENCE_URN, external_transforms_pb2.ExternalConfigurationPayload)
 class Inference(beam.PTransform):
-    """Runs a model on schema'd Rows and emits ``Row(key, example, inference, model_id)``.
+    """Runs one or many keyed models on schema'd Rows; see the README for every option.
 
-    Each input Row gives a key (``key_field``) and a feature array (``feature_field``). The
-    features go through the ``preprocess`` steps, in order, then Beam's RunInference with the
-    model, then the ``postprocess`` steps, in order::
+    ::
 
-        rows | Inference(
+        result = rows | Inference(
             Model.sklearn("/models/digits.pkl", output="predict_proba"),
-            key_field="id", feature_field="pixels",
+            key_field="id", feature_fields="pixels",
             preprocess=[Step("scale", factor=1 / 16)],
             postprocess=[Step("argmax")])
+        result.inferences  # Row(key, example, inference, model_id, *passthrough_fields)
+        result.failures    # Row(stage, step, error_type, message, element, key, model_id)
 
-    ``example`` is the model input after preprocessing; ``model_id`` names the model that made
-    the inference. The output uses Beam's standard Row coder, so Java pipelines can read it.
+    Steps run in the order given (preprocess first to last before the model, postprocess first
+    to last after it). ``model_updates`` is a PCollection of Rows ``(model_id, uri)``: each
+    replaces the named model, in streaming pipelines, without a restart.
     """
 
     def __init__(
         self,
-        model: Model,
+        models: Model | Sequence[Model],
         *,
         key_field: str,
-        feature_field: str,
-        preprocess: Sequence[Step] = (),
-        postprocess: Sequence[Step] = (),
+        feature_fields: str | Sequence[str],
+        preprocess: Sequence[StepLike] = (),
+        postprocess: Sequence[StepLike] = (),
+        passthrough_fields: Sequence[str] = (),
+        model_updates: Optional[beam.PCollection] = None,
+        policy: Optional[LoadPolicy] = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        self._spec = InferenceSpec(key_field, feature_field, model, tuple(preprocess), tuple(postprocess))
+        self._spec = InferenceSpec(
+            key_field=key_field,
+            feature_fields=feature_fields,
+            models=models,
+            preprocess=tuple(preprocess),
+            postprocess=tuple(postprocess),
+            passthrough_fields=tuple(passthrough_fields),
+            **options,
+        )
+        self._model_updates = model_updates
+        self._policy = policy
 
     @classmethod
-    def from_spec(cls, spec: InferenceSpec) -> "Inference":
-        return cls(
-            spec.model,
-            key_field=spec.key_field,
-            feature_field=spec.feature_field,
-            preprocess=spec.preprocess,
-            postprocess=spec.postprocess,
-        )
+    def from_spec(cls, spec: InferenceSpec, **kwargs: Any) -> "Inference":
+        transform = cls.__new__(cls)
+        beam.PTransform.__init__(transform)
+        transform._spec = spec
+        transform._model_updates = kwargs.get("model_updates")
+        transform._policy = kwargs.get("policy")
+        return transform
 
     @property
     def spec(self) -> InferenceSpec:
         return self._spec
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, inputs: Any) -> InferenceResult:
         spec = self._spec
-        key_type = _check_input_schema(spec, rows.element_type)
-        _check_model_exists(spec.model)
-        prepare = _Prepare(spec, convert_key=key_type is str)
-        finish = _Finish(spec)
-        return (
-            rows
-            | "Preprocess" >> beam.Map(prepare)
-            | "RunInference" >> RunInference(KeyedModelHandler(models.handler_for(spec.model)))
-            | "Postprocess" >> beam.Map(finish).with_output_types(output_row_type(spec, key_type))
-        )
+        rows, updates = self._split_inputs(inputs)
+        key_type, passthrough = _check_input_schema(spec, rows.element_type)
+        policy = self._policy or _load_policy or LoadPolicy.from_env()
+        for i, model in enumerate(spec.models):
+            _check_model(f"models[{i}]", model, policy)
 
-    def to_runner_api_parameter(self, unused_context: Any) -> tuple[str, Any]:
+        prepared = rows | "Prepare" >> beam.ParDo(
+            _Prepare(spec, convert_key=key_type is str)
+        ).with_outputs(FAILURES_TAG, main="examples")
+        metadata = _model_metadata(spec, updates, rows.pipeline)
+        run = RunInference(
+            _keyed_handler(spec, policy),
+            metrics_namespace=spec.metrics_namespace,
+            model_metadata_pcoll=metadata,
+        )
+        hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
+        if hints:
+            run = run.with_resource_hints(**hints)
+        finished = (
+            prepared.examples
+            | "RunInference" >> run
+            | "Finish" >> beam.ParDo(_Finish(spec)).with_outputs(FAILURES_TAG, main="inferences")
+        )
+        inferences = finished.inferences | "TypeInferences" >> beam.Map(lambda r: r).with_output_types(
+            output_row_type(spec, key_type, passthrough)
+        )
+        failures = (
+            (prepared[FAILURES_TAG], finished[FAILURES_TAG])
+            | "Failures" >> beam.Flatten()
+        ) | "TypeFailures" >> beam.Map(lambda r: r).with_output_types(FAILURE_ROW)
+        return InferenceResult(inferences, failures)
+
+    def _split_inputs(self, inputs: Any) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
+        if isinstance(inputs, dict):
+            if set(inputs) != {ROWS_TAG, MODEL_UPDATES_TAG}:
+                raise ValueError(
+                    f"inputs are tagged {sorted(inputs)}; expected one PCollection of rows, or "
+                    f"the tags {ROWS_TAG!r} and {MODEL_UPDATES_TAG!r}"
+                )
+            if self._model_updates is not None:
+                raise ValueError("model updates were given both as an input and as model_updates=")
+            return inputs[ROWS_TAG], inputs[MODEL_UPDATES_TAG]
+        return inputs, self._model_updates
+
+    def to_runner_api_parameter(self, context: Any) -> tuple[str, Any]:
+        if self._spec.has_callables or self._model_updates is not None or self._policy is not None:
+            # Python-only state: Beam's own (pickled) form, understood by Python runners.
+            return super().to_runner_api_parameter(context)
         return RUN_INFERENCE_URN, NamedTupleBasedPayloadBuilder(self._spec.to_config()).build()
 
     @staticmethod
     def from_runner_api_parameter(
-        unused_ptransform: Any, payload: external_transforms_pb2.ExternalConfigurationPayload, unused_context: Any
+        unused_ptransform: Any,
+        payload: external_transforms_pb2.ExternalConfigurationPayload,
+        unused_context: Any,
     ) -> "Inference":
         config = RowCoder(payload.schema).decode(payload.payload)
         return Inference.from_spec(InferenceSpec.from_config(config))
 
 
-class _Prepare:
-    """Turns an input Row into ``(key, model input)`` with the preprocessing steps applied."""
-
-    def __init__(self, spec: InferenceSpec, convert_key: bool) -> None:
-        self._key_field = spec.key_field
-        self._feature_field = spec.feature_field
-        self._convert_key = convert_key
-        self._steps = _build(steps.PREPROCESS, spec.preprocess)
-
-    def __call__(self, row: Any) -> tuple[Any, np.ndarray]:
-        key = getattr(row, self._key_field)
-        features = np.asarray(getattr(row, self._feature_field), dtype=np.float64)
-        for step in self._steps:
-            features = step(features)
-        return (str(key) if self._convert_key else key), features
+# --- Stage 1: input rows -> (model_id, example) -------------------------------------------------
 
 
-class _Finish:
-    """Turns ``(key, PredictionResult)`` into the output Row, applying postprocessing."""
+class _Example:
+    """An element on its way through the model: its key, passthrough values, features, source."""
 
-    def __init__(self, spec: InferenceSpec) -> None:
-        self._steps = _build(steps.POSTPROCESS, spec.postprocess)
-        self._to_field = _INFERENCE_FIELDS[spec.inference_kind][1]
-        self._model_id = spec.model.id
+    __slots__ = ("key", "key_text", "passthrough", "features", "row")
 
-    def __call__(self, keyed: tuple[Any, PredictionResult]) -> beam.Row:
-        key, result = keyed
-        value = result.inference
-        for step in self._steps:
-            value = step(value)
-        return beam.Row(
-            key=key,
-            example=[float(x) for x in np.ravel(result.example)],
-            inference=self._to_field(value),
-            model_id=self._model_id,
+    def __init__(self, key: Any, key_text: str, passthrough: dict, features: np.ndarray, row: Any):
+        self.key, self.key_text, self.passthrough, self.features, self.row = (
+            key, key_text, passthrough, features, row
         )
 
 
-def _build(stage: str, configured: Sequence[Step]) -> list[Callable[[Any], Any]]:
-    built = []
-    for step in configured:
-        definition = steps.lookup(stage, step.name)
-        built.append(definition.build(steps.check_params(definition, step.params)))
-    return built
+class _Failed(NamedTuple):
+    """Why an example got no inference; becomes a failure Row."""
+
+    stage: str
+    step: Optional[str]
+    error: BaseException
 
 
-def _check_input_schema(spec: InferenceSpec, element_type: Any) -> Any:
-    """Checks the configured fields against the input schema; returns the key's Beam type.
+class _Prepare(beam.DoFn):
+    """Extracts key and features, routes the row to a model, and runs per-element preprocessing."""
 
-    Without a known schema (plain Python objects) the key is emitted as a string.
+    def __init__(self, spec: InferenceSpec, convert_key: bool) -> None:
+        self._spec = spec
+        self._convert_key = convert_key
+        element_steps, _ = _split_preprocess(spec)
+        self._step_specs = element_steps
+
+    def setup(self) -> None:
+        self._steps = _build(steps.PREPROCESS, self._step_specs)
+        ns = self._spec.metrics_namespace
+        self._rows_in = Metrics.counter(ns, "rows_in")
+        self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("input", "routing", "preprocess")}
+
+    def process(self, row: Any) -> Iterable[Any]:
+        self._rows_in.inc()
+        spec = self._spec
+        key = None
+        try:
+            key = getattr(row, spec.key_field)
+            if key is None:
+                raise ValueError(f"key_field {spec.key_field!r} is null")
+            key_text = str(key)
+            features = _features(row, spec.feature_fields)
+            passthrough = {name: getattr(row, name) for name in spec.passthrough_fields}
+        except Exception as e:  # noqa: BLE001 - any bad row becomes a failure Row
+            yield self._failure("input", None, e, row, key)
+            return
+        model = spec.model_for_key(key_text)
+        if model is None:
+            mapped = sorted(k for m in spec.models for k in m.keys)
+            error = LookupError(
+                f"no model serves key {key_text!r} and no default model is configured; mapped "
+                f"keys: {', '.join(mapped[:20])}{' ...' if len(mapped) > 20 else ''}"
+            )
+            yield self._failure("routing", None, error, row, key_text, error_type="UnmappedKey")
+            return
+        for name, step in self._steps:
+            try:
+                features = step(features)
+            except Exception as e:  # noqa: BLE001
+                yield self._failure("preprocess", name, e, row, key_text, model.id)
+                return
+        out_key = key_text if self._convert_key else key
+        yield model.id, _Example(out_key, key_text, passthrough, features, row)
+
+    def _failure(self, stage, step, error, row, key, model_id=None, error_type=None):
+        self._failed[stage].inc()
+        return beam.pvalue.TaggedOutput(
+            FAILURES_TAG, _failure_row(stage, step, error, row, key, model_id, error_type)
+        )
+
+
+def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
+    """The features of ``row``: one array field as is, or several fields concatenated."""
+    values = []
+    for name in fields:
+        value = getattr(row, name)
+        if value is None:
+            raise ValueError(f"feature field {name!r} is null")
+        try:
+            values.append(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"feature field {name!r} is not numeric: {value!r}") from None
+    if len(values) == 1:
+        return values[0] if values[0].ndim else values[0].reshape(1)
+    return np.concatenate([np.ravel(v) for v in values])
+
+
+# --- Stage 2: RunInference, with failure isolation ----------------------------------------------
+
+
+def _split_preprocess(spec: InferenceSpec) -> tuple[list, list]:
+    """Preprocess steps run per element up to the last one that cannot run on a whole batch."""
+    resolved = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess]
+    cut = max((i + 1 for i, (_, d, _) in enumerate(resolved) if not d.batched), default=0)
+    return resolved[:cut], resolved[cut:]
+
+
+def _split_postprocess(spec: InferenceSpec) -> tuple[list, list]:
+    """Postprocess steps run on the whole batch while they can, then per element."""
+    resolved = [(s.name, *s.resolve(steps.POSTPROCESS)) for s in spec.postprocess]
+    cut = next((i for i, (_, d, _) in enumerate(resolved) if not d.batched), len(resolved))
+    return resolved[:cut], resolved[cut:]
+
+
+def _build(stage: str, resolved: Sequence[tuple[str, Any, dict]], batch: bool = False) -> list[tuple[str, Callable]]:
+    """Step functions; with ``batch``, the forms that take a whole batch (first axis)."""
+    return [
+        (name, definition.build_for_batch(params) if batch else definition.build(params))
+        for name, definition, params in resolved
+    ]
+
+
+class _IsolatingHandler(ModelHandler):
+    """Wraps a framework handler so that failures are per example, never per batch.
+
+    A batch is split by shape (or padded), run through the batch-capable steps and the model;
+    when any of that raises, the batch is halved and each half retried, so only the examples
+    that fail on their own are reported as failed. A model refresh that fails to load keeps
+    the last model that loaded.
+    """
+
+    def __init__(self, spec: InferenceSpec, model: Model, policy: LoadPolicy) -> None:
+        super().__init__()
+        self._inner = models.handler_for(model, policy)
+        self._model_id = model.id
+        self._uri = model.uri
+        self._last_good_uri: Optional[str] = None
+        self._variable_length = spec.variable_length
+        self._pad_value = spec.pad_value
+        self._namespace = spec.metrics_namespace
+        _, self._pre_specs = _split_preprocess(spec)
+        self._post_specs, _ = _split_postprocess(spec)
+        self._batching = {
+            k: v
+            for k, v in (
+                ("min_batch_size", spec.min_batch_size),
+                ("max_batch_size", spec.max_batch_size),
+                ("max_batch_duration_secs", spec.max_batch_duration_secs),
+            )
+            if v is not None
+        }
+        self._built = False
+
+    def _setup(self) -> None:
+        if self._built:
+            return
+        self._pre = _build(steps.PREPROCESS, self._pre_specs, batch=True)
+        self._post = _build(steps.POSTPROCESS, self._post_specs, batch=True)
+        prefix = f"model_{self._model_id}_"
+        self._examples = Metrics.counter(self._namespace, prefix + "examples")
+        self._failed = Metrics.counter(self._namespace, prefix + "failed_examples")
+        self._splits = Metrics.counter(self._namespace, prefix + "batch_splits")
+        self._batch_size = Metrics.distribution(self._namespace, prefix + "batch_size_examples")
+        self._latency = Metrics.distribution(self._namespace, prefix + "batch_latency_micros")
+        self._built = True
+
+    # Loading and refresh.
+    def load_model(self) -> Any:
+        try:
+            loaded = self._inner.load_model()
+        except Exception as e:
+            if self._last_good_uri is None or self._last_good_uri == self._uri:
+                raise
+            _LOGGER.error(
+                "Model %r: loading the update %s failed (%s: %s); keeping %s",
+                self._model_id, self._uri, type(e).__name__, e, self._last_good_uri,
+            )
+            Metrics.counter(self._namespace, "model_reload_failures").inc()
+            self._uri = self._last_good_uri
+            self._inner.update_model_path(self._uri)
+            return self._inner.load_model()
+        self._last_good_uri = self._uri
+        return loaded
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        if model_path:
+            self._uri = model_path
+            self._inner.update_model_path(model_path)
+
+    # Inference.
+    def run_inference(
+        self, batch: Sequence[_Example], model: Any, inference_args: Optional[dict] = None
+    ) -> Iterable[PredictionResult]:
+        self._setup()
+        start = time.perf_counter()
+        results: list[Any] = [None] * len(batch)
+        inputs: list[Any] = [None] * len(batch)
+        for group in self._groups(batch):
+            self._run_group(group, batch, model, inference_args, inputs, results)
+        self._batch_size.update(len(batch))
+        self._latency.update(int((time.perf_counter() - start) * 1e6))
+        failed = sum(isinstance(r, _Failed) for r in results)
+        self._examples.inc(len(batch) - failed)
+        if failed:
+            self._failed.inc(failed)
+        return [
+            PredictionResult((ex, x), r, self._model_id) for ex, x, r in zip(batch, inputs, results)
+        ]
+
+    def _groups(self, batch: Sequence[_Example]) -> list[list[int]]:
+        """Indices of examples that can be stacked together: same shape (bucket) or same rank."""
+        groups: dict[Any, list[int]] = {}
+        for i, ex in enumerate(batch):
+            shape = ex.features.shape
+            key = shape if self._variable_length == "bucket" else shape[:-1]
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
+    def _run_group(self, idx, batch, model, inference_args, inputs, results) -> None:
+        arrays = [batch[i].features for i in idx]
+        try:
+            model_inputs, outputs = self._call(arrays, model, inference_args)
+        except _StageError as e:
+            if len(idx) == 1:
+                results[idx[0]] = _Failed(e.stage, e.step, e.error)
+                inputs[idx[0]] = arrays[0]
+                return
+            self._splits.inc()
+            half = len(idx) // 2
+            self._run_group(idx[:half], batch, model, inference_args, inputs, results)
+            self._run_group(idx[half:], batch, model, inference_args, inputs, results)
+            return
+        for i, x, y in zip(idx, model_inputs, outputs):
+            inputs[i], results[i] = x, y
+
+    def _call(self, arrays, model, inference_args):
+        if self._variable_length == "pad":
+            longest = max(a.shape[-1] for a in arrays)
+            arrays = [
+                np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, longest - a.shape[-1])], constant_values=self._pad_value)
+                for a in arrays
+            ]
+        x = np.stack(arrays)
+        for name, step in self._pre:
+            try:
+                x = step(x)
+            except Exception as e:  # noqa: BLE001
+                raise _StageError("preprocess", name, e) from e
+        model_inputs = list(x)
+        try:
+            predictions = list(self._inner.run_inference(model_inputs, model, inference_args))
+        except Exception as e:  # noqa: BLE001
+            raise _StageError("inference", None, e) from e
+        if len(predictions) != len(model_inputs):
+            raise _StageError(
+                "inference",
+                None,
+                ValueError(f"the model gave {len(predictions)} results for {len(model_inputs)} examples"),
+            )
+        outputs = [p.inference for p in predictions]
+        if self._post:
+            y = np.stack([np.asarray(o) for o in outputs])
+            for name, step in self._post:
+                try:
+                    y = step(y)
+                except Exception as e:  # noqa: BLE001
+                    raise _StageError("postprocess", name, e) from e
+            outputs = list(y)
+        return model_inputs, outputs
+
+    # Delegation to the framework handler.
+    def get_num_bytes(self, batch: Sequence[_Example]) -> int:
+        return sum(ex.features.nbytes for ex in batch)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batching
+
+    def share_model_across_processes(self) -> bool:
+        return self._inner.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self._inner.model_copies()
+
+    def get_metrics_namespace(self) -> str:
+        return self._namespace
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, step: Optional[str], error: BaseException) -> None:
+        super().__init__(f"{stage} {step or ''}: {error}")
+        self.stage, self.step, self.error = stage, step, error
+
+
+class _KeyedModels(KeyedModelHandler):
+    """Beam's multi-model KeyedModelHandler, keyed by model_id, with the spec's batching.
+
+    (Beam ignores the inner handlers' batching settings in multi-model mode.)
+    """
+
+    def __init__(self, mappings: list, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
+        super().__init__(mappings, max_models_per_worker_hint=max_models)
+        self._batching = dict(batching)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batching
+
+    def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
+        return sum(ex.features.nbytes for _, ex in batch)
+
+
+def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler:
+    """Elements are keyed by model_id, so several element keys share a model without copies.
+
+    The pre/postprocessing steps live outside Beam's handlers (in the Prepare and Finish stages
+    and in _IsolatingHandler), so a keyed multi-model handler is never wrapped with Beam's
+    pre/post functions, which fails at run time in Beam 2.77.
+    """
+    handlers = [_IsolatingHandler(spec, m, policy) for m in spec.models]
+    if len(handlers) == 1:
+        return KeyedModelHandler(handlers[0])
+    mappings = [KeyModelMapping([m.id], h) for m, h in zip(spec.models, handlers)]
+    return _KeyedModels(mappings, spec.max_models_per_worker, handlers[0].batch_elements_kwargs())
+
+
+# --- Model refresh ------------------------------------------------------------------------------
+
+
+class _LatestModelPaths(beam.CombineFn):
+    """Keeps the newest (by event time) uri per model_id and renders Beam's side-input form."""
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        self._models = spec.models
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, update: tuple) -> dict:
+        model_id, uri, ts = update
+        if model_id not in acc or acc[model_id][0] <= ts:
+            acc[model_id] = (ts, uri)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        merged: dict = {}
+        for acc in accs:
+            for model_id, (ts, uri) in acc.items():
+                self.add_input(merged, (model_id, uri, ts))
+        return merged
+
+    def extract_output(self, acc: dict) -> Any:
+        if len(self._models) == 1:
+            model = self._models[0]
+            return ModelMetadata(model_id=acc[model.id][1], model_name=model.id) if acc else None
+        return [
+            KeyModelPathMapping(
+                keys=[m.id], update_path=acc.get(m.id, (0, m.uri))[1], model_id=m.id
+            )
+            for m in self._models
+        ]
+
+
+class _ToModelUpdate(beam.DoFn):
+    """A model-update Row (model_id, uri) -> (model_id, uri, event time); unknown ids are logged."""
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        self._ids = {m.id for m in spec.models}
+        self._namespace = spec.metrics_namespace
+
+    def setup(self) -> None:
+        self._rejected = Metrics.counter(self._namespace, "model_updates_rejected")
+
+    def process(self, update: Any, ts=beam.DoFn.TimestampParam) -> Iterable[tuple]:
+        model_id, uri = getattr(update, "model_id", None), getattr(update, "uri", None)
+        if model_id not in self._ids or not isinstance(uri, str) or not uri:
+            self._rejected.inc()
+            _LOGGER.error(
+                "Model update %r rejected: it needs a model_id among %s and a non-empty uri",
+                update, sorted(self._ids),
+            )
+            return
+        yield model_id, uri, float(ts)
+
+
+def _model_metadata(
+    spec: InferenceSpec, updates: Optional[beam.PCollection], pipeline: beam.Pipeline
+) -> Optional[beam.PCollection]:
+    """The RunInference side input that swaps models, from update Rows and watched patterns."""
+    from apache_beam.ml.inference.utils import WatchFilePattern
+
+    sources = []
+    if updates is not None:
+        sources.append(updates)
+    for i, model in enumerate(spec.models):
+        if model.watch_pattern:
+            sources.append(
+                pipeline
+                | f"Watch{i}" >> WatchFilePattern(model.watch_pattern, interval=spec.watch_interval_secs)
+                | f"WatchUpdate{i}" >> beam.Map(lambda md, mid=model.id: beam.Row(model_id=mid, uri=md.model_id))
+            )
+    if not sources:
+        return None
+    merged = sources[0] if len(sources) == 1 else tuple(sources) | "ModelUpdates" >> beam.Flatten()
+    return (
+        merged
+        | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
+        | "EveryUpdate" >> beam.WindowInto(
+            window.GlobalWindows(),
+            trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        )
+        | "LatestModelPaths" >> beam.CombineGlobally(_LatestModelPaths(spec)).without_defaults()
+    )
+
+
+# --- Stage 3: predictions -> output Rows ---------------------------------------------------------
+
+
+class _Finish(beam.DoFn):
+    """Runs per-element postprocessing and builds the typed output Row, or a failure Row."""
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        self._spec = spec
+        _, self._step_specs = _split_postprocess(spec)
+
+    def setup(self) -> None:
+        self._steps = _build(steps.POSTPROCESS, self._step_specs)
+        self._to_field = _INFERENCE_FIELDS[self._spec.inference_kind][1]
+        ns = self._spec.metrics_namespace
+        self._out = Metrics.counter(ns, "inferences_out")
+        self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("preprocess", "inference", "postprocess", "output")}
+
+    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
+        model_id, result = keyed
+        example, model_input = result.example
+        value = result.inference
+        if isinstance(value, _Failed):
+            yield self._failure(value.stage, value.step, value.error, example, model_id)
+            return
+        for name, step in self._steps:
+            try:
+                value = step(value)
+            except Exception as e:  # noqa: BLE001
+                yield self._failure("postprocess", name, e, example, model_id)
+                return
+        try:
+            inference = self._to_field(value)
+            flat_input = [float(x) for x in np.ravel(model_input)]
+        except Exception as e:  # noqa: BLE001
+            error = ValueError(f"cannot make the inference {value!r} a {self._spec.inference_kind}: {e}")
+            yield self._failure("output", None, error, example, model_id)
+            return
+        self._out.inc()
+        yield beam.Row(
+            key=example.key,
+            example=flat_input,
+            inference=inference,
+            model_id=model_id,
+            **example.passthrough,
+        )
+
+    def _failure(self, stage, step, error, example: _Example, model_id):
+        self._failed[stage].inc()
+        return beam.pvalue.TaggedOutput(
+            FAILURES_TAG, _failure_row(stage, step, error, example.row, example.key_text, model_id)
+        )
+
+
+def _failure_row(stage, step, error, row, key, model_id, error_type=None) -> beam.Row:
+    return beam.Row(
+        stage=stage,
+        step=step,
+        error_type=error_type or type(error).__name__,
+        message=str(error),
+        element=_describe_element(row),
+        key=None if key is None else str(key),
+        model_id=model_id,
+    )
+
+
+def _describe_element(row: Any) -> str:
+    """The input row as JSON (its fields), or its repr when it has no fields."""
+    as_dict = getattr(row, "_asdict", None) or getattr(row, "as_dict", None)
+    if as_dict is None:
+        return repr(row)
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, bytes):
+            return value.hex()
+        return repr(value)
+
+    return json.dumps(dict(as_dict()), default=plain, allow_nan=True)
+
+
+# --- Construction-time checks -------------------------------------------------------------------
+
+
+def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """Checks the configured fields against the input schema.
+
+    Returns the key's Beam type and the passthrough fields with their types. Without a known
+    schema (plain Python objects) the key is emitted as a string and passthrough fields as Any.
     """
     row_type: Optional[RowTypeConstraint] = None
     if isinstance(element_type, RowTypeConstraint):
@@ -165,34 +724,48 @@ def _check_input_schema(spec: InferenceSpec, element_type: Any) -> Any:
     elif isinstance(element_type, type):
         row_type = RowTypeConstraint.from_user_type(element_type)
     if row_type is None:
-        return str
+        return str, [(name, typing.Any) for name in spec.passthrough_fields]
     fields = dict(row_type._fields)
-    for name, value in (("key_field", spec.key_field), ("feature_field", spec.feature_field)):
+    named = [("key_field", spec.key_field)]
+    named += [(f"feature_fields[{i}]", f) for i, f in enumerate(spec.feature_fields)]
+    named += [(f"passthrough_fields[{i}]", f) for i, f in enumerate(spec.passthrough_fields)]
+    for name, value in named:
         if value not in fields:
             raise ValueError(
                 f"{name}={value!r} is not a field of the input schema; available fields: "
                 f"{', '.join(fields)}"
             )
-    key_type = fields[spec.key_field]
+    key_type = _non_null(fields[spec.key_field])  # a null key is a failure, so keys are never null
     if key_type not in _KEY_TYPES:
         raise ValueError(
             f"key_field={spec.key_field!r} has type {key_type}; allowed: a string or integer field"
         )
-    feature_type = fields[spec.feature_field]
-    if feature_type in _SCALAR_TYPES:
-        raise ValueError(
-            f"feature_field={spec.feature_field!r} has type {feature_type.__name__}; "
-            "allowed: an array of numbers"
-        )
-    return int if key_type is not str else str
+    if len(spec.feature_fields) == 1:
+        feature_type = fields[spec.feature_fields[0]]
+        if feature_type in _SCALAR_TYPES and feature_type not in (int, float, np.float64, np.float32, np.int64, np.int32):
+            raise ValueError(
+                f"feature_fields[0]={spec.feature_fields[0]!r} has type {feature_type.__name__}; "
+                "allowed: an array of numbers, or numeric fields"
+            )
+    return (int if key_type is not str else str), [(n, fields[n]) for n in spec.passthrough_fields]
 
 
-def _check_model_exists(model: Model) -> None:
-    if not FileSystems.exists(model.uri):
+def _non_null(field_type: Any) -> Any:
+    from apache_beam.typehints import typehints
+
+    if typehints.is_nullable(field_type):
+        return typehints.get_concrete_type_from_nullable(field_type)
+    return field_type
+
+
+def _check_model(where: str, model: Model, policy: LoadPolicy) -> None:
+    """Fails at construction for a model that the policy refuses or that does not exist."""
+    policy.check(model, model.uri, where)
+    if model.framework != "handler" and not FileSystems.exists(model.uri):
         raise ValueError(
-            f"model_uri={model.uri!r} does not exist or is not readable from the process that "
+            f"{where}.uri={model.uri!r} does not exist or is not readable from the process that "
             "builds the pipeline; give a path or URI the workers can read"
         )
 
 
-__all__ = ["Inference", "output_row_type"]
+__all__ = ["Inference", "InferenceResult", "FAILURE_ROW", "configure_load_policy", "output_row_type"]

@@ -52,12 +52,17 @@ def wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: fl
 
 
 @contextlib.contextmanager
-def expansion_service(port: int = 0, log_level: str = "WARNING", timeout_secs: float = 60) -> Iterator[str]:
-    """Runs ``inferbridge-expansion-service`` in a child process; yields its address."""
+def expansion_service(
+    port: int = 0, log_level: str = "WARNING", timeout_secs: float = 60, service_args: Sequence[str] = ()
+) -> Iterator[str]:
+    """Runs ``inferbridge-expansion-service [service_args]`` in a child process; yields its address."""
     port = port or free_port()
     address = f"localhost:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "inferbridge.expansion_service", "--port", str(port), "--log-level", log_level]
+        [
+            sys.executable, "-m", "inferbridge.expansion_service",
+            "--port", str(port), "--log-level", log_level, *service_args,
+        ]
     )
     try:
         wait_until_serving(address, process, timeout_secs)
@@ -84,10 +89,10 @@ def job_service(port: int = 0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def local_services(
-    expansion_port: int = 0, job_port: int = 0, log_level: str = "WARNING"
+    expansion_port: int = 0, job_port: int = 0, log_level: str = "WARNING", service_args: Sequence[str] = ()
 ) -> Iterator[dict[str, str]]:
     """Both services; yields the environment variables that point a pipeline at them."""
-    with expansion_service(expansion_port, log_level) as expansion, job_service(job_port) as jobs:
+    with expansion_service(expansion_port, log_level, service_args=service_args) as expansion, job_service(job_port) as jobs:
         yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
 
 
@@ -102,12 +107,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--expansion-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--job-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
+    for flag in ("--model-root", "--trusted-model-root", "--allow-model-class"):
+        parser.add_argument(flag, action="append", default=[], help="passed to the expansion service")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --, e.g. inferbridge-local -- java -cp ... Main")
-    with local_services(args.expansion_port, args.job_port, args.log_level) as env:
+    service_args = [
+        f"{flag}={value}"
+        for flag, values in (
+            ("--model-root", args.model_root),
+            ("--trusted-model-root", args.trusted_model_root),
+            ("--allow-model-class", args.allow_model_class),
+        )
+        for value in values
+    ]
+    with local_services(args.expansion_port, args.job_port, args.log_level, service_args) as env:
         print(
             f"inferbridge-local: expansion service {env[EXPANSION_SERVICE_ENV]}, "
             f"job service {env[JOB_ENDPOINT_ENV]}",

@@ -1,24 +1,25 @@
 """The inference spec: the one declarative configuration Python and Java share.
 
-On the wire it is a Beam Row (the payload of an ``ExternalConfigurationPayload``) with the flat,
-typed schema below; ``tests/golden/run_inference_v1.schema`` records it, and both languages'
-unit tests compare their schema to that file.
+On the wire it is a Beam Row (the payload of an ``ExternalConfigurationPayload``) with the
+typed schema of ``RunInferenceConfig`` below; ``tests/golden/run_inference_v1.schema`` records
+it, and both languages' unit tests compare their schema to that file.
 """
 
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from inferbridge import steps
 
 RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1"
 
-SKLEARN = "sklearn"
-MODEL_FORMATS = {SKLEARN: ("joblib", "pickle")}
-MODEL_OUTPUTS = {SKLEARN: ("predict", "predict_proba")}
-# The kind of per-element value each model output gives, before postprocessing.
-_OUTPUT_KINDS = {"predict": steps.NUMBER, "predict_proba": steps.VECTOR}
+# How batches whose examples differ in shape reach the model: "bucket" runs one model call per
+# shape; "pad" pads every example's last axis to the longest in the batch with ``pad_value``.
+VARIABLE_LENGTH = ("bucket", "pad")
+# Output fields every inference Row has; passthrough fields may not reuse these names.
+OUTPUT_FIELDS = ("key", "example", "inference", "model_id")
+DEFAULT_METRICS_NAMESPACE = "InferBridge"
 
 
 class StepConfig(NamedTuple):
@@ -28,79 +29,200 @@ class StepConfig(NamedTuple):
     params: str
 
 
+class ModelConfig(NamedTuple):
+    """Wire form of one model."""
+
+    model_id: Optional[str]
+    framework: str
+    format: str
+    uri: str
+    output: str
+    keys: Sequence[str]
+    options: str
+    sha256: Optional[str]
+    watch_pattern: Optional[str]
+
+
 class RunInferenceConfig(NamedTuple):
     """Wire form of the spec; field order and types are the cross-language contract."""
 
     key_field: str
-    feature_field: str
-    model_framework: str
-    model_format: str
-    model_uri: str
-    model_id: Optional[str]
-    model_output: str
+    feature_fields: Sequence[str]
+    passthrough_fields: Sequence[str]
+    models: Sequence[ModelConfig]
     preprocess: Sequence[StepConfig]
     postprocess: Sequence[StepConfig]
+    min_batch_size: Optional[int]
+    max_batch_size: Optional[int]
+    max_batch_duration_secs: Optional[float]
+    variable_length: str
+    pad_value: float
+    max_models_per_worker: Optional[int]
+    watch_interval_secs: float
+    min_ram: Optional[str]
+    accelerator: Optional[str]
+    metrics_namespace: str
 
 
 @dataclass(frozen=True)
 class Step:
-    """A named step with parameters, e.g. ``Step("scale", factor=1 / 16)``."""
+    """A step by registered name with parameters, e.g. ``Step("scale", factor=1 / 16)``.
+
+    Python pipelines may also use their own functions: ``Step.custom(fn, produces="label")``, or
+    a plain callable in the step list. Such a spec cannot be sent to another language.
+    """
 
     name: str
     params: Mapping[str, Any]
+    # For a Python callable: the function and how it is declared; None for a registered step.
+    function: Optional[Callable[[Any], Any]] = field(default=None, compare=False)
+    declared: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __init__(self, name: str, /, **params: Any) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "params", dict(params))
+        object.__setattr__(self, "function", None)
+        object.__setattr__(self, "declared", {})
 
-    def to_config(self) -> StepConfig:
+    @classmethod
+    def custom(
+        cls,
+        fn: Callable[[Any], Any],
+        *,
+        produces: str = steps.ANY,
+        accepts: Optional[Sequence[str]] = None,
+        batched: bool = False,
+    ) -> "Step":
+        """A Python function as a step; ``produces`` types the output of a postprocessing one."""
+        step = cls(getattr(fn, "__name__", type(fn).__name__))
+        object.__setattr__(step, "function", fn)
+        object.__setattr__(step, "declared", dict(produces=produces, accepts=accepts, batched=batched))
+        return step
+
+    def resolve(self, stage: str) -> tuple[steps.StepDefinition, dict[str, Any]]:
+        """The step's definition for ``stage`` and its checked parameters."""
+        if self.function is not None:
+            return steps.from_callable(stage, self.function, **self.declared), {}
+        definition = steps.lookup(stage, self.name)
+        return definition, steps.check_params(definition, self.params)
+
+    def to_config(self, stage: str) -> StepConfig:
+        if self.function is not None:
+            raise ValueError(
+                f"{stage} step {self.name!r} is a Python callable and cannot be sent to another "
+                "language; register it as a named step under the 'inferbridge.steps' entry point"
+            )
         return StepConfig(self.name, json.dumps(dict(self.params), sort_keys=True))
 
     @classmethod
     def from_config(cls, stage: str, config: Any) -> "Step":
-        try:
-            params = json.loads(config.params or "{}")
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{stage} step {config.name!r}: params must be a JSON object, got "
-                f"{config.params!r} ({e})"
-            ) from None
-        if not isinstance(params, dict):
-            raise ValueError(
-                f"{stage} step {config.name!r}: params must be a JSON object, got {config.params!r}"
-            )
+        params = _json_object(f"{stage} step {config.name!r}: params", config.params)
         return cls(config.name, **params)
+
+
+StepLike = Union[Step, Callable[[Any], Any]]
+
+
+def _as_step(item: StepLike) -> Step:
+    if isinstance(item, Step):
+        return item
+    if callable(item):
+        return Step.custom(item)
+    raise ValueError(f"a step must be a Step or a callable, got {item!r}")
 
 
 @dataclass(frozen=True)
 class Model:
-    """Where a model is and how to load and call it.
+    """Where a model is, how to load and call it, and which keys it serves.
 
-    ``output`` picks the method whose result becomes the inference: ``predict`` (one number per
-    example) or ``predict_proba`` (a vector of class probabilities per example).
+    ``framework``/``format``: sklearn (pickle, joblib, skops), pytorch (state_dict, torchscript),
+    onnx (onnx), or handler (an allowlisted Beam ModelHandler named by ``format``).
+    ``output`` says what one example's result is: for sklearn the method (``predict`` gives a
+    number, ``predict_proba`` a vector); for the others ``vector`` or ``number``.
+    ``keys``: the element keys this model serves (matched by their string form); a model with
+    no keys serves every key no other model claims. ``sha256`` pins the file's digest.
+    ``watch_pattern``: a file pattern whose newest match replaces the model (streaming).
     """
 
     uri: str
+    framework: str = "sklearn"
     format: str = "pickle"
-    framework: str = SKLEARN
     output: str = "predict"
     model_id: Optional[str] = None
+    keys: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    sha256: Optional[str] = None
+    watch_pattern: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "options", dict(self.options))
+
+    def __hash__(self) -> int:
+        return hash((self.uri, self.framework, self.format, self.output, self.model_id, self.keys))
 
     @classmethod
-    def sklearn(
+    def sklearn(cls, uri: str, *, format: str = "pickle", output: str = "predict", **kwargs: Any) -> "Model":
+        return cls(uri, "sklearn", format, output, **kwargs)
+
+    @classmethod
+    def pytorch(
         cls,
         uri: str,
         *,
-        format: str = "pickle",
-        output: str = "predict",
-        model_id: Optional[str] = None,
+        model_class: Optional[str] = None,
+        model_params: Optional[Mapping[str, Any]] = None,
+        device: str = "cpu",
+        output: str = "vector",
+        **kwargs: Any,
     ) -> "Model":
-        return cls(uri, format, SKLEARN, output, model_id)
+        """A state_dict (with ``model_class`` as ``"module:Class"``) or, without it, TorchScript."""
+        options: dict[str, Any] = {"device": device}
+        if model_class is not None:
+            options.update(model_class=model_class, model_params=dict(model_params or {}))
+        fmt = "state_dict" if model_class is not None else "torchscript"
+        return cls(uri, "pytorch", fmt, output, options=options, **kwargs)
+
+    @classmethod
+    def onnx(cls, uri: str, *, output: str = "vector", **kwargs: Any) -> "Model":
+        return cls(uri, "onnx", "onnx", output, **kwargs)
+
+    @classmethod
+    def handler(cls, name: str, uri: str, *, output: str = "vector", options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "Model":
+        """An allowlisted Beam ModelHandler by name, with its constructor's keyword arguments."""
+        return cls(uri, "handler", name, output, options=dict(options or {}), **kwargs)
 
     @property
     def id(self) -> str:
         """The ``model_id`` reported with every inference: the given id, else the URI."""
         return self.model_id or self.uri
+
+    def to_config(self) -> ModelConfig:
+        return ModelConfig(
+            model_id=self.model_id,
+            framework=self.framework,
+            format=self.format,
+            uri=self.uri,
+            output=self.output,
+            keys=list(self.keys),
+            options=json.dumps(self.options, sort_keys=True),
+            sha256=self.sha256,
+            watch_pattern=self.watch_pattern,
+        )
+
+    @classmethod
+    def from_config(cls, where: str, config: Any) -> "Model":
+        return cls(
+            uri=config.uri,
+            framework=config.framework,
+            format=config.format,
+            output=config.output,
+            model_id=config.model_id,
+            keys=tuple(config.keys or ()),
+            options=_json_object(f"{where}.options", config.options),
+            sha256=config.sha256,
+            watch_pattern=config.watch_pattern,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,52 +230,160 @@ class InferenceSpec:
     """Everything the inference composite does, validated on construction."""
 
     key_field: str
-    feature_field: str
-    model: Model
+    feature_fields: tuple[str, ...]
+    models: tuple[Model, ...]
     preprocess: tuple[Step, ...] = ()
     postprocess: tuple[Step, ...] = ()
+    passthrough_fields: tuple[str, ...] = ()
+    min_batch_size: Optional[int] = None
+    max_batch_size: Optional[int] = None
+    max_batch_duration_secs: Optional[float] = None
+    variable_length: str = "bucket"
+    pad_value: float = 0.0
+    max_models_per_worker: Optional[int] = None
+    # How often each model's watch_pattern is checked for a newer file.
+    watch_interval_secs: float = 360.0
+    min_ram: Optional[str] = None
+    accelerator: Optional[str] = None
+    metrics_namespace: str = DEFAULT_METRICS_NAMESPACE
     # The kind of the output ``inference`` field after every postprocessing step; derived.
     inference_kind: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "preprocess", tuple(self.preprocess))
-        object.__setattr__(self, "postprocess", tuple(self.postprocess))
+        for name in ("feature_fields", "passthrough_fields"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        models_ = self.models
+        object.__setattr__(self, "models", (models_,) if isinstance(models_, Model) else tuple(models_))
+        object.__setattr__(self, "preprocess", tuple(_as_step(s) for s in self.preprocess))
+        object.__setattr__(self, "postprocess", tuple(_as_step(s) for s in self.postprocess))
         _require_name("key_field", self.key_field)
-        _require_name("feature_field", self.feature_field)
-        _require_name("model_uri", self.model.uri)
-        _require_choice("model_framework", self.model.framework, tuple(MODEL_FORMATS))
-        _require_choice("model_format", self.model.format, MODEL_FORMATS[self.model.framework])
-        _require_choice("model_output", self.model.output, MODEL_OUTPUTS[self.model.framework])
-        object.__setattr__(self, "inference_kind", self._check_steps())
-
-    def _check_steps(self) -> str:
-        """Checks every step's parameters and the postprocessing chain; returns the final kind."""
-        for step in self.preprocess:
-            steps.check_params(steps.lookup(steps.PREPROCESS, step.name), step.params)
-        kind = _OUTPUT_KINDS[self.model.output]
-        for step in self.postprocess:
-            definition = steps.lookup(steps.POSTPROCESS, step.name)
-            steps.check_params(definition, step.params)
-            if kind not in definition.accepts:
+        if not self.feature_fields:
+            raise ValueError("feature_fields must name at least one input field")
+        for i, name in enumerate(self.feature_fields):
+            _require_name(f"feature_fields[{i}]", name)
+        for i, name in enumerate(self.passthrough_fields):
+            _require_name(f"passthrough_fields[{i}]", name)
+            if name in OUTPUT_FIELDS:
                 raise ValueError(
-                    f"postprocess step {step.name!r} takes a {' or '.join(definition.accepts)} "
-                    f"but receives a {kind} here (model_output={self.model.output!r}); "
-                    "reorder the steps or choose another model_output"
+                    f"passthrough_fields[{i}]={name!r} clashes with an output field; "
+                    f"output fields are {', '.join(OUTPUT_FIELDS)}"
                 )
-            kind = definition.produces
+        self._check_batching()
+        _require_choice("variable_length", self.variable_length, VARIABLE_LENGTH)
+        _require_number("pad_value", self.pad_value)
+        _require_positive_int("max_models_per_worker", self.max_models_per_worker)
+        _require_number("watch_interval_secs", self.watch_interval_secs)
+        if self.watch_interval_secs <= 0:
+            raise ValueError(f"watch_interval_secs={self.watch_interval_secs!r} must be positive")
+        _check_resource_hints(self.min_ram, self.accelerator)
+        _require_name("metrics_namespace", self.metrics_namespace)
+        object.__setattr__(self, "inference_kind", self._check_models_and_steps())
+
+    def _check_batching(self) -> None:
+        _require_positive_int("min_batch_size", self.min_batch_size)
+        _require_positive_int("max_batch_size", self.max_batch_size)
+        if self.min_batch_size and self.max_batch_size and self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size={self.min_batch_size} is larger than "
+                f"max_batch_size={self.max_batch_size}; make min_batch_size <= max_batch_size"
+            )
+        if self.max_batch_duration_secs is not None:
+            _require_number("max_batch_duration_secs", self.max_batch_duration_secs)
+            if self.max_batch_duration_secs <= 0:
+                raise ValueError(
+                    f"max_batch_duration_secs={self.max_batch_duration_secs!r} must be positive"
+                )
+
+    def _check_models_and_steps(self) -> str:
+        """Checks models, key routing and steps; returns the final kind of the inference."""
+        from inferbridge import models  # models.py refers to Model, defined here
+
+        if not self.models:
+            raise ValueError("models must hold at least one model")
+        kinds, ids, owner = {}, {}, {}
+        defaults = []
+        for i, model in enumerate(self.models):
+            where = f"models[{i}]"
+            _require_name(f"{where}.uri", model.uri)
+            kinds[i] = models.validate(model, where)
+            if model.id in ids:
+                raise ValueError(
+                    f"{where} has model_id {model.id!r}, already used by models[{ids[model.id]}]; "
+                    "give each model a distinct model_id"
+                )
+            ids[model.id] = i
+            if not model.keys:
+                defaults.append(i)
+            for key in model.keys:
+                if not isinstance(key, str) or not key:
+                    raise ValueError(f"{where}.keys holds {key!r}; keys must be non-empty strings")
+                if key in owner:
+                    raise ValueError(
+                        f"key {key!r} is mapped to models[{owner[key]}] and {where}; "
+                        "each key may be served by one model only"
+                    )
+                owner[key] = i
+        if len(defaults) > 1:
+            raise ValueError(
+                f"models {defaults} have no keys, so each would be the default model; give all "
+                "but one of them keys (the one without keys serves every unmapped key)"
+            )
+        if len(set(kinds.values())) > 1:
+            described = ", ".join(f"models[{i}] gives a {k}" for i, k in kinds.items())
+            raise ValueError(
+                f"all models must give the same kind of output so the output schema is fixed: "
+                f"{described}; choose outputs of one kind"
+            )
+        for step in self.preprocess:
+            step.resolve(steps.PREPROCESS)
+        kind = kinds[0]
+        for step in self.postprocess:
+            definition, _ = step.resolve(steps.POSTPROCESS)
+            accepts = definition.accepts
+            if accepts and kind != steps.ANY and kind not in accepts:
+                raise ValueError(
+                    f"postprocess step {step.name!r} takes a {' or '.join(accepts)} but receives "
+                    f"a {kind} here (model output {self.models[0].output!r}); reorder the steps "
+                    "or choose another model output"
+                )
+            kind = definition.produces or steps.ANY
         return kind
+
+    @property
+    def has_callables(self) -> bool:
+        """Whether a step is a Python function, which only Python pipelines can run."""
+        return any(s.function is not None for s in self.preprocess + self.postprocess)
+
+    @property
+    def default_model(self) -> Optional[Model]:
+        """The model serving keys no model lists, or None: such keys are failures."""
+        return next((m for m in self.models if not m.keys), None)
+
+    def model_for_key(self, key: str) -> Optional[Model]:
+        for model in self.models:
+            if key in model.keys:
+                return model
+        return self.default_model
 
     def to_config(self) -> RunInferenceConfig:
         return RunInferenceConfig(
             key_field=self.key_field,
-            feature_field=self.feature_field,
-            model_framework=self.model.framework,
-            model_format=self.model.format,
-            model_uri=self.model.uri,
-            model_id=self.model.model_id,
-            model_output=self.model.output,
-            preprocess=[s.to_config() for s in self.preprocess],
-            postprocess=[s.to_config() for s in self.postprocess],
+            feature_fields=list(self.feature_fields),
+            passthrough_fields=list(self.passthrough_fields),
+            models=[m.to_config() for m in self.models],
+            preprocess=[s.to_config(steps.PREPROCESS) for s in self.preprocess],
+            postprocess=[s.to_config(steps.POSTPROCESS) for s in self.postprocess],
+            min_batch_size=self.min_batch_size,
+            max_batch_size=self.max_batch_size,
+            max_batch_duration_secs=self.max_batch_duration_secs,
+            variable_length=self.variable_length,
+            pad_value=float(self.pad_value),
+            max_models_per_worker=self.max_models_per_worker,
+            watch_interval_secs=float(self.watch_interval_secs),
+            min_ram=self.min_ram,
+            accelerator=self.accelerator,
+            metrics_namespace=self.metrics_namespace,
         )
 
     @classmethod
@@ -170,24 +400,29 @@ class InferenceSpec:
             )
         return cls(
             key_field=config.key_field,
-            feature_field=config.feature_field,
-            model=Model(
-                uri=config.model_uri,
-                format=config.model_format,
-                framework=config.model_framework,
-                output=config.model_output,
-                model_id=config.model_id,
-            ),
+            feature_fields=tuple(config.feature_fields or ()),
+            passthrough_fields=tuple(config.passthrough_fields or ()),
+            models=tuple(Model.from_config(f"models[{i}]", m) for i, m in enumerate(config.models or ())),
             preprocess=tuple(Step.from_config("preprocess", s) for s in config.preprocess or ()),
             postprocess=tuple(Step.from_config("postprocess", s) for s in config.postprocess or ()),
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            max_batch_duration_secs=config.max_batch_duration_secs,
+            variable_length=config.variable_length,
+            pad_value=config.pad_value,
+            max_models_per_worker=config.max_models_per_worker,
+            watch_interval_secs=config.watch_interval_secs,
+            min_ram=config.min_ram,
+            accelerator=config.accelerator,
+            metrics_namespace=config.metrics_namespace,
         )
 
 
-def schema_description() -> list[str]:
-    """The configuration schema as ``name: TYPE`` lines, the form of the golden file."""
+def schema_description(config_type: type = RunInferenceConfig) -> list[str]:
+    """A configuration schema as ``name: TYPE`` lines, the form of the golden files."""
     from apache_beam.typehints import schemas
 
-    schema = schemas.named_tuple_to_schema(RunInferenceConfig)
+    schema = schemas.named_tuple_to_schema(config_type)
     return [f"{f.name}: {_describe(f.type)}" for f in schema.fields]
 
 
@@ -207,6 +442,16 @@ def _describe(field_type: Any) -> str:
     return text + (" NULLABLE" if field_type.nullable else "")
 
 
+def _json_object(where: str, text: Optional[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} must be a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object, got {text!r}")
+    return value
+
+
 def _require_name(field_name: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{field_name} must be a non-empty string, got {value!r}")
@@ -215,3 +460,27 @@ def _require_name(field_name: str, value: Any) -> None:
 def _require_choice(field_name: str, value: Any, allowed: typing.Iterable[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{field_name}={value!r} is not supported; allowed: {', '.join(allowed)}")
+
+
+def _require_number(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{field_name} must be a number, got {value!r}")
+
+
+def _require_positive_int(field_name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
+
+
+def _check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
+    from apache_beam.transforms import resources
+
+    if min_ram is not None:
+        try:
+            resources.MinRamHint.parse(min_ram)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"min_ram={min_ram!r} is not a memory size ({e}); use e.g. '4GB' or '512MiB'"
+            ) from None
+    if accelerator is not None:
+        _require_name("accelerator", accelerator)

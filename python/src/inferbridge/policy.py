@@ -1,0 +1,180 @@
+"""Where models may be loaded from, which formats may run code, and file digest pins.
+
+A model file in pickle, joblib or TorchScript form (and a Beam handler that loads such files)
+runs code when it is loaded, so whoever can write the file can run code in the worker. A
+``LoadPolicy`` therefore allows those formats only from *trusted roots*, allows every model
+only from *model roots* (when any are set), and lets a PyTorch ``state_dict`` name only model
+classes under allowed module prefixes (importing a module runs its code).
+
+The expansion service reads the policy from the environment (``LoadPolicy.from_env``) or from
+its flags; a Python pipeline that runs its own code anyway may use ``LoadPolicy.unrestricted()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Optional
+
+if TYPE_CHECKING:
+    from inferbridge.spec import Model
+
+# Each variable holds a comma-separated list (commas, not os.pathsep, because URIs such as
+# gs://bucket/dir and class paths such as pkg.mod:Net contain colons).
+MODEL_ROOTS_ENV = "INFERBRIDGE_MODEL_ROOTS"
+TRUSTED_ROOTS_ENV = "INFERBRIDGE_TRUSTED_MODEL_ROOTS"
+ALLOWED_CLASSES_ENV = "INFERBRIDGE_ALLOWED_MODEL_CLASSES"
+# In any of the three lists: anything is allowed.
+ANY = "*"
+
+_SCHEME = re.compile(r"^([A-Za-z][-A-Za-z0-9+.]*)://")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What models may be loaded.
+
+    ``model_roots``: local directories or URI prefixes (``gs://bucket/models``) every model must
+    be under; empty means anywhere. Trusted roots count as model roots too.
+    ``trusted_roots``: where formats that run code on load may come from; empty means nowhere,
+    so those formats are refused.
+    ``allowed_model_classes``: module prefixes (``mypkg.models``) a PyTorch ``model_class`` must
+    be under; empty means none, so ``state_dict`` models are refused.
+    ``ANY`` (``"*"``) in a list allows everything for that list.
+    """
+
+    model_roots: tuple[str, ...] = ()
+    trusted_roots: tuple[str, ...] = ()
+    allowed_model_classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("model_roots", "trusted_roots", "allowed_model_classes"):
+            value = getattr(self, name)
+            items = (value,) if isinstance(value, str) else tuple(value)
+            for item in items:
+                if not isinstance(item, str) or not item.strip():
+                    raise ValueError(f"LoadPolicy.{name} holds {item!r}; entries must be non-empty strings")
+            object.__setattr__(self, name, tuple(item.strip() for item in items))
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> LoadPolicy:
+        """The policy named by INFERBRIDGE_MODEL_ROOTS, INFERBRIDGE_TRUSTED_MODEL_ROOTS and
+        INFERBRIDGE_ALLOWED_MODEL_CLASSES, each comma-separated; unset means empty."""
+        env = os.environ if environ is None else environ
+
+        def entries(name: str) -> tuple[str, ...]:
+            return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+
+        return cls(entries(MODEL_ROOTS_ENV), entries(TRUSTED_ROOTS_ENV), entries(ALLOWED_CLASSES_ENV))
+
+    @classmethod
+    def unrestricted(cls) -> LoadPolicy:
+        """Everything allowed: for Python pipelines, whose author runs their own code anyway."""
+        return cls(trusted_roots=(ANY,), allowed_model_classes=(ANY,))
+
+    def check(self, model: Model, uri: str, where: str = "model") -> None:
+        """Raises ValueError, starting with ``where``, if ``model`` may not be loaded from ``uri``.
+
+        Local paths are compared after resolving ``..`` and symbolic links; a URI with a scheme
+        is compared as text and may not contain ``..`` segments.
+        """
+        from inferbridge.models import runs_code_on_load
+
+        location = _location(uri, f"{where}.uri")
+        if runs_code_on_load(model):
+            if not _under_any(location, self.trusted_roots):
+                raise ValueError(
+                    f"{where}.uri={uri!r}{_resolved(uri, location)}: {model.framework} format "
+                    f"{model.format!r} runs code when loaded, so it is loaded only from trusted "
+                    f"roots ({_listing(self.trusted_roots)}); to allow it, put the file under a "
+                    f"trusted root and add that directory to {TRUSTED_ROOTS_ENV} (comma-separated) "
+                    "or start the expansion service with --trusted-model-root DIR; or save the "
+                    "model in a format that does not run code (sklearn: skops; pytorch: "
+                    "state_dict; onnx)"
+                )
+        elif self.model_roots and not _under_any(location, self.model_roots + self.trusted_roots):
+            raise ValueError(
+                f"{where}.uri={uri!r}{_resolved(uri, location)} is outside the allowed model "
+                f"roots ({_listing(self.model_roots + self.trusted_roots)}); to allow it, add its "
+                f"directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion service "
+                "with --model-root DIR"
+            )
+        model_class = model.options.get("model_class") if model.framework == "pytorch" else None
+        if isinstance(model_class, str):
+            self.check_model_class(model_class, f"{where}.options.model_class")
+
+    def check_model_class(self, model_class: str, where: str) -> None:
+        """Raises ValueError unless ``model_class`` ("pkg.mod:Class") is under an allowed prefix."""
+        dotted = model_class.replace(":", ".")
+        for prefix in self.allowed_model_classes:
+            prefix = prefix.replace(":", ".").rstrip(".")
+            if prefix == ANY or dotted == prefix or dotted.startswith(prefix + "."):
+                return
+        module = model_class.split(":")[0] if ":" in model_class else model_class.rpartition(".")[0]
+        raise ValueError(
+            f"{where}={model_class!r} is not under an allowed model class prefix "
+            f"({_listing(self.allowed_model_classes)}); importing it would run its module's code. "
+            f"To allow it, add {module!r} (or a parent package) to {ALLOWED_CLASSES_ENV} "
+            "(comma-separated) or start the expansion service with --allow-model-class PREFIX"
+        )
+
+
+def verify_sha256(uri: str, expected: str, where: str = "model") -> None:
+    """Raises ValueError unless the file at ``uri`` has the hex SHA-256 digest ``expected``."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if _SCHEME.match(uri) is None and os.path.isdir(uri):
+        raise ValueError(
+            f"{where}.sha256 pins a single file, but {where}.uri={uri!r} is a directory; "
+            "remove sha256 for this model"
+        )
+    digest = hashlib.sha256()
+    # The digest is of the bytes stored, so no transparent decompression of *.gz and the like.
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        raise ValueError(
+            f"{where}.sha256 does not match {uri!r}: expected {expected.lower()}, actual {actual}; "
+            "the file changed, or the pin is wrong"
+        )
+
+
+def _location(uri: str, where: str) -> tuple[Optional[str], str]:
+    """(scheme, path): scheme None and a resolved absolute path for a local file."""
+    match = _SCHEME.match(uri)
+    if match is None or match.group(1).lower() == "file":
+        return None, os.path.realpath(uri[match.end() :] if match else uri)
+    if ".." in uri[match.end() :].split("/"):
+        raise ValueError(f"{where}={uri!r} contains a '..' segment; give the URI without it")
+    return match.group(1).lower(), uri
+
+
+def _under_any(location: tuple[Optional[str], str], roots: tuple[str, ...]) -> bool:
+    scheme, path = location
+    for root in roots:
+        if root == ANY:
+            return True
+        root_scheme, root_path = _location(root, "root")
+        if root_scheme != scheme:
+            continue
+        if scheme is None:
+            if os.path.commonpath([root_path, path]) == root_path:
+                return True
+        elif path == root_path or path.startswith(root_path.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _resolved(uri: str, location: tuple[Optional[str], str]) -> str:
+    path = location[1]
+    return f" (resolved to {path!r})" if location[0] is None and path != uri else ""
+
+
+def _listing(roots: tuple[str, ...]) -> str:
+    return ", ".join(roots) if roots else "none configured"

@@ -1,0 +1,147 @@
+"""Nothing is lost: every input row leaves as one inference or one failure with its reason."""
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from inferbridge import Inference, Model, Step
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def good(i, pixels):
+    return beam.Row(id=i, pixels=[float(v) for v in pixels])
+
+
+def test_conservation_with_every_kind_of_bad_row(model_files, digits_model, held_out, trusting):
+    pixels, _ = held_out
+    rows = [good(i, pixels[i]) for i in range(40)]
+    bad = {
+        100: (beam.Row(id=100, pixels=None), "input"),  # null features
+        101: (beam.Row(id=101, pixels=[float(v) for v in pixels[1][:63]]), "inference"),  # wrong shape
+        102: (beam.Row(id=102, pixels=[float("nan")] * 64), "inference"),  # NaN: the model raises
+        103: (beam.Row(id=103, pixels=[1.0] * 70), "inference"),  # wrong shape again, its own bucket
+    }
+    rows += [row for row, _ in bad.values()]
+    rows.append(beam.Row(id=None, pixels=[1.0] * 64))  # null key
+    expected = digits_model.predict(pixels[:40] / 16)
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | Inference(
+            Model.sklearn(model_files["pickle"], model_id="digits"),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            # One batch for everything: the bad rows must not take the good ones down with them.
+            min_batch_size=len(rows),
+            max_batch_size=len(rows),
+            policy=trusting,
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference)),
+            equal_to([(i, float(v)) for i, v in enumerate(expected)]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.key, f.stage)),
+            equal_to([(str(k), stage) for k, (_, stage) in bad.items()] + [(None, "input")]),
+            label="FailureStages",
+        )
+
+
+def test_failure_rows_explain_what_went_wrong(model_files, held_out, trusting):
+    pixels, _ = held_out
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id=7, pixels=[float(v) for v in pixels[0][:10]])]) | Inference(
+            Model.sklearn(model_files["pickle"], model_id="digits"), key_field="id", feature_fields="pixels", policy=trusting
+        )
+
+        def check(failures):
+            (f,) = failures
+            assert (f.stage, f.step, f.error_type, f.key, f.model_id) == ("inference", None, "ValueError", "7", "digits")
+            assert "10 features" in f.message and "64" in f.message
+            assert json.loads(f.element) == {"id": 7, "pixels": [float(v) for v in pixels[0][:10]]}
+
+        assert_that(result.failures, check)
+
+
+def test_a_failing_step_fails_only_its_element(model_files, digits_model, held_out, trusting):
+    pixels, _ = held_out
+    names = NAMES[:5]  # digits 5-9 have no name: 'labels' fails for them
+
+    def reject_blank(x):
+        if not x.any():
+            raise ValueError("blank image")
+        return x
+
+    rows = [good(i, pixels[i]) for i in range(30)] + [beam.Row(id=500, pixels=[0.0] * 64)]
+    predicted = digits_model.predict(pixels[:30] / 16).astype(int)
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | Inference(
+            Model.sklearn(model_files["pickle"]),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[reject_blank, Step("scale", factor=1 / 16)],
+            postprocess=[Step("round"), Step("labels", names=names)],
+            policy=trusting,
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference)),
+            equal_to([(i, names[v]) for i, v in enumerate(predicted) if v < 5]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.key, f.stage, f.step)),
+            equal_to([("500", "preprocess", "reject_blank")] + [(str(i), "postprocess", "labels") for i, v in enumerate(predicted) if v >= 5]),
+            label="Failures",
+        )
+
+
+class _RaisesOnNegative:
+    """A real scikit-learn-style model that fails any batch holding a negative value."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def predict(self, x):
+        if (x < 0).any():
+            raise ArithmeticError("negative pixel")
+        return self._model.predict(x)
+
+
+def test_a_model_failure_is_isolated_to_the_bad_examples(digits_model, held_out, tmp_path):
+    import pickle
+
+    from inferbridge.policy import LoadPolicy
+
+    path = tmp_path / "picky.pkl"
+    path.write_bytes(pickle.dumps(_RaisesOnNegative(digits_model)))
+    pixels, _ = held_out
+    rows = [good(i, pixels[i]) for i in range(64)]
+    for i in (5, 6, 40):
+        rows[i] = beam.Row(id=i, pixels=[-1.0] * 64)
+    expected = digits_model.predict(pixels[:64] / 16)
+    p = beam.Pipeline()
+    result = p | beam.Create(rows) | Inference(
+        Model.sklearn(str(path), model_id="picky"),
+        key_field="id",
+        feature_fields="pixels",
+        preprocess=[Step("scale", factor=1 / 16)],
+        min_batch_size=64,
+        max_batch_size=64,
+        policy=LoadPolicy(trusted_roots=(str(tmp_path),)),
+    )
+    assert_that(
+        result.inferences | beam.Map(lambda r: (r.key, r.inference)),
+        equal_to([(i, float(v)) for i, v in enumerate(expected) if i not in (5, 6, 40)]),
+    )
+    assert_that(
+        result.failures | beam.Map(lambda f: (f.key, f.stage, f.error_type, f.message)),
+        equal_to([(str(i), "inference", "ArithmeticError", "negative pixel") for i in (5, 6, 40)]),
+        label="Failures",
+    )
+    run = p.run()
+    run.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in run.metrics().query()["counters"] if c.key.metric.namespace == "InferBridge"}
+    assert counters["model_picky_failed_examples"] == 3
+    assert counters["model_picky_batch_splits"] >= 3
