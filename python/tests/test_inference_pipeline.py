@@ -262,3 +262,24 @@ def test_metrics_count_rows_per_stage_and_model(model_files, held_out, trusting)
     assert counters["model_digits_examples"] == 20
     assert distributions["model_digits_batch_size_examples"].sum == 20
     assert distributions["model_digits_batch_latency_micros"].count >= 1
+
+
+def test_batching_by_duration_uses_beams_stateful_batching(model_files, digits_model, held_out, trusting):
+    pixels, _ = held_out
+    rows = [beam.Row(id=i, pixels=[float(v) for v in pixels[i]]) for i in range(20)]
+    p = beam.Pipeline()
+    result = p | beam.Create(rows) | Inference(
+        Model.sklearn(model_files["pickle"], model_id="digits"),
+        key_field="id",
+        feature_fields="pixels",
+        preprocess=[Step("scale", factor=1 / 16)],
+        max_batch_size=8,
+        max_batch_duration_secs=0.5,
+        policy=trusting,
+    )
+    expected = digits_model.predict(pixels[:20] / 16)
+    assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(v)) for i, v in enumerate(expected)]))
+    run = p.run()
+    run.wait_until_finish()
+    sizes = [d.committed for d in run.metrics().query()["distributions"] if d.key.metric.name == "model_digits_batch_size_examples"]
+    assert sizes and max(s.max for s in sizes) <= 8

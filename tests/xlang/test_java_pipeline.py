@@ -36,8 +36,10 @@ def read_predictions(path):
 
 
 @pytest.fixture(scope="module")
-def services():
-    with local_services() as env:
+def services(tmp_path_factory, digits_dir):
+    # Pickled models run code when loaded: the service loads them only from trusted roots.
+    trusted = [digits_dir, tmp_path_factory.getbasetemp()]
+    with local_services(service_args=[f"--trusted-model-root={root}" for root in trusted]) as env:
         yield env
 
 
@@ -53,13 +55,16 @@ def run_java(classpath, env, *args):
 
 def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, digits_dir, tmp_path):
     predictions = tmp_path / "predictions.csv"
+    failures = tmp_path / "failures.jsonl"
     result = subprocess.run(
         [
             os.path.join(os.path.dirname(sys.executable), "inferbridge-local"),
+            f"--trusted-model-root={digits_dir}",
             "--",
             "java", "-cp", java_classpath, MAIN_CLASS,
             f"--modelDir={digits_dir}",
             f"--predictionsFile={predictions}",
+            f"--failuresFile={failures}",
         ],
         capture_output=True,
         text=True,
@@ -69,6 +74,8 @@ def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, di
     expected = json.loads((digits_dir / "expected.json").read_text())
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == f"accuracy={expected['score']!r} expected={expected['score']!r} rows={expected['rows']}"
+    assert "failures=0" in result.stdout.splitlines()
+    assert failures.read_text() == ""
     with open(digits_dir / "digits.pkl", "rb") as f:
         model = pickle.load(f)
     assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
@@ -93,6 +100,24 @@ def test_missing_model_file_fails_at_construction_naming_the_uri(java_classpath,
     assert result.returncode != 0
     missing = no_model / "digits.pkl"
     assert (
-        f"rejected the configuration: ValueError: model_uri='{missing}' does not exist or is not readable"
+        f"rejected the configuration: ValueError: models[0].uri='{missing}' does not exist or is not readable"
         in result.stderr
     ), result.stderr[-4000:]
+
+
+def test_bad_rows_reach_the_failures_output_and_the_rest_is_inferred(java_classpath, digits_dir, services, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    with open(digits_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))
+    header, first, rest = rows[0], rows[1], rows[2:]
+    with open(data / "test_rows.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, first[:12], *rest])  # the first row keeps 10 pixels
+    failures = tmp_path / "failures.jsonl"
+    result = run_java(java_classpath, services, f"--modelDir={data}", f"--failuresFile={failures}")
+    assert result.returncode == 1  # the example exits 1 when rows are missing from its accuracy
+    lines = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert len(lines) == 1
+    assert (lines[0]["stage"], lines[0]["error_type"], lines[0]["key"]) == ("inference", "ValueError", first[0])
+    assert "failures=1" in result.stdout.splitlines()
+    assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]

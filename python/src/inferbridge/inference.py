@@ -223,11 +223,11 @@ class Inference(beam.PTransform):
 class _Example:
     """An element on its way through the model: its key, passthrough values, features, source."""
 
-    __slots__ = ("key", "key_text", "passthrough", "features", "row")
+    __slots__ = ("key", "key_text", "passthrough", "features", "row", "timestamp")
 
-    def __init__(self, key: Any, key_text: str, passthrough: dict, features: np.ndarray, row: Any):
-        self.key, self.key_text, self.passthrough, self.features, self.row = (
-            key, key_text, passthrough, features, row
+    def __init__(self, key, key_text: str, passthrough: dict, features: np.ndarray, row, timestamp):
+        self.key, self.key_text, self.passthrough, self.features, self.row, self.timestamp = (
+            key, key_text, passthrough, features, row, timestamp
         )
 
 
@@ -254,7 +254,7 @@ class _Prepare(beam.DoFn):
         self._rows_in = Metrics.counter(ns, "rows_in")
         self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("input", "routing", "preprocess")}
 
-    def process(self, row: Any) -> Iterable[Any]:
+    def process(self, row: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable[Any]:
         self._rows_in.inc()
         spec = self._spec
         key = None
@@ -284,7 +284,7 @@ class _Prepare(beam.DoFn):
                 yield self._failure("preprocess", name, e, row, key_text, model.id)
                 return
         out_key = key_text if self._convert_key else key
-        yield model.id, _Example(out_key, key_text, passthrough, features, row)
+        yield model.id, _Example(out_key, key_text, passthrough, features, row, timestamp)
 
     def _failure(self, stage, step, error, row, key, model_id=None, error_type=None):
         self._failed[stage].inc()
@@ -348,7 +348,9 @@ class _IsolatingHandler(ModelHandler):
         self._inner = models.handler_for(model, policy)
         self._model_id = model.id
         self._uri = model.uri
-        self._last_good_uri: Optional[str] = None
+        # Beam may hand this handler a model another copy loaded (shared per process), so the
+        # configured model counts as the last good one until an update loads.
+        self._last_good_uri = model.uri
         self._variable_length = spec.variable_length
         self._pad_value = spec.pad_value
         self._namespace = spec.metrics_namespace
@@ -383,7 +385,7 @@ class _IsolatingHandler(ModelHandler):
         try:
             loaded = self._inner.load_model()
         except Exception as e:
-            if self._last_good_uri is None or self._last_good_uri == self._uri:
+            if self._last_good_uri == self._uri:
                 raise
             _LOGGER.error(
                 "Model %r: loading the update %s failed (%s: %s); keeping %s",
@@ -539,36 +541,26 @@ def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler
 # --- Model refresh ------------------------------------------------------------------------------
 
 
-class _LatestModelPaths(beam.CombineFn):
-    """Keeps the newest (by event time) uri per model_id and renders Beam's side-input form."""
+class _LatestModelPaths(beam.DoFn):
+    """Keeps the newest uri per model_id (state) and emits Beam's side-input form on a change."""
+
+    LATEST = beam.transforms.userstate.ReadModifyWriteStateSpec("latest", beam.coders.PickleCoder())
 
     def __init__(self, spec: InferenceSpec) -> None:
         self._models = spec.models
 
-    def create_accumulator(self) -> dict:
-        return {}
-
-    def add_input(self, acc: dict, update: tuple) -> dict:
-        model_id, uri, ts = update
-        if model_id not in acc or acc[model_id][0] <= ts:
-            acc[model_id] = (ts, uri)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
-        merged: dict = {}
-        for acc in accs:
-            for model_id, (ts, uri) in acc.items():
-                self.add_input(merged, (model_id, uri, ts))
-        return merged
-
-    def extract_output(self, acc: dict) -> Any:
+    def process(self, keyed: tuple, latest=beam.DoFn.StateParam(LATEST)) -> Iterable[Any]:
+        _, (model_id, uri, ts) = keyed
+        paths = dict(latest.read() or {})
+        if model_id in paths and paths[model_id][0] > ts:
+            return  # an older update arriving late
+        paths[model_id] = (ts, uri)
+        latest.write(paths)
         if len(self._models) == 1:
-            model = self._models[0]
-            return ModelMetadata(model_id=acc[model.id][1], model_name=model.id) if acc else None
-        return [
-            KeyModelPathMapping(
-                keys=[m.id], update_path=acc.get(m.id, (0, m.uri))[1], model_id=m.id
-            )
+            yield ModelMetadata(model_id=uri, model_name=model_id)
+            return
+        yield [
+            KeyModelPathMapping(keys=[m.id], update_path=paths.get(m.id, (0, m.uri))[1], model_id=m.id)
             for m in self._models
         ]
 
@@ -614,15 +606,19 @@ def _model_metadata(
     if not sources:
         return None
     merged = sources[0] if len(sources) == 1 else tuple(sources) | "ModelUpdates" >> beam.Flatten()
+    # Like Beam's WatchFilePattern: the latest value, re-emitted into a global window that fires
+    # on every element, so that each update replaces the side input.
     return (
         merged
         | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
+        | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        | "OneKey" >> beam.Map(lambda update: ("models", update))
+        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec))
         | "EveryUpdate" >> beam.WindowInto(
             window.GlobalWindows(),
             trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            accumulation_mode=trigger.AccumulationMode.DISCARDING,
         )
-        | "LatestModelPaths" >> beam.CombineGlobally(_LatestModelPaths(spec)).without_defaults()
     )
 
 
@@ -664,19 +660,22 @@ class _Finish(beam.DoFn):
             yield self._failure("output", None, error, example, model_id)
             return
         self._out.inc()
-        yield beam.Row(
-            key=example.key,
-            example=flat_input,
-            inference=inference,
-            model_id=model_id,
-            **example.passthrough,
+        # Batching moves elements to the end of their window; give each its own time back.
+        yield window.TimestampedValue(
+            beam.Row(
+                key=example.key,
+                example=flat_input,
+                inference=inference,
+                model_id=model_id,
+                **example.passthrough,
+            ),
+            example.timestamp,
         )
 
     def _failure(self, stage, step, error, example: _Example, model_id):
         self._failed[stage].inc()
-        return beam.pvalue.TaggedOutput(
-            FAILURES_TAG, _failure_row(stage, step, error, example.row, example.key_text, model_id)
-        )
+        row = _failure_row(stage, step, error, example.row, example.key_text, model_id)
+        return beam.pvalue.TaggedOutput(FAILURES_TAG, window.TimestampedValue(row, example.timestamp))
 
 
 def _failure_row(stage, step, error, row, key, model_id, error_type=None) -> beam.Row:

@@ -25,6 +25,7 @@ import importlib
 import inspect
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -69,7 +70,9 @@ OPTIONS: dict[tuple[str, str], dict[str, _Option]] = {
     ("sklearn", "joblib"): {},
     ("sklearn", "skops"): {},
     ("pytorch", "state_dict"): {
-        "model_class": _Option(str, required=True, help="the torch.nn.Module class, 'module:Class'"),
+        "model_class": _Option(
+            str, required=True, help="the torch.nn.Module class, 'module:Class'"
+        ),
         "model_params": _Option(dict, help="keyword arguments for model_class"),
         "device": _DEVICE,
     },
@@ -82,7 +85,9 @@ OPTIONS: dict[tuple[str, str], dict[str, _Option]] = {
 _JSON_NAMES = {str: "a string", dict: "a JSON object"}
 
 
-def _sklearn_call(method: str, model: Any, batch: Sequence[np.ndarray], inference_args: Any = None) -> Any:
+def _sklearn_call(
+    method: str, model: Any, batch: Sequence[np.ndarray], inference_args: Any = None
+) -> Any:
     return getattr(model, method)(np.stack(batch), **(inference_args or {}))
 
 
@@ -125,7 +130,9 @@ BEAM_HANDLERS: dict[str, BeamHandler] = {
         "apache_beam.ml.inference.xgboost_inference", "XGBoostModelHandlerNumpy", "model_state",
         package="xgboost datatable", runs_code=False, library="xgboost",
         class_choices={
-            "model_class": ("XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor", "Booster")
+            "model_class": (
+                "XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor", "Booster"
+            )
         },
         inference_fn=_xgboost_inference,
     ),
@@ -156,9 +163,13 @@ def validate(model: Model, where: str) -> str:
     is allowed. Only the handler framework imports anything (the Beam handler's module, to
     read its constructor's signature).
     """
+    if not isinstance(model.uri, str) or not model.uri.strip():
+        raise ValueError(f"{where}.uri must be a non-empty string, got {model.uri!r}")
     framework = model.framework
     if framework not in FORMATS:
-        raise ValueError(f"{where}.framework={framework!r} is not supported; allowed: {', '.join(FRAMEWORKS)}")
+        raise ValueError(
+            f"{where}.framework={framework!r} is not supported; allowed: {', '.join(FRAMEWORKS)}"
+        )
     if model.format not in FORMATS[framework]:
         raise ValueError(
             f"{where}.format={model.format!r} is not supported for framework {framework!r}; "
@@ -229,7 +240,7 @@ class CheckedModelHandler(ModelHandler):
         if self._model.sha256:
             verify_sha256(self._uri, self._model.sha256, self._where)
         _warn_if_cuda_missing(self._model, self._uri, self._where)
-        if self._model.format == "skops":
+        if (self._model.framework, self._model.format) == ("sklearn", "skops"):
             # Beam has no skops loader: load here; Beam's sklearn handler runs the model.
             return _load_skops(self._uri, self._where)
         return self._inner.load_model()
@@ -322,11 +333,13 @@ def _check_options(model: Model, where: str) -> None:
             )
         if not isinstance(value, option.kind):
             raise ValueError(
-                f"{where}.options.{name}={value!r} must be {_JSON_NAMES[option.kind]} ({option.help})"
+                f"{where}.options.{name}={value!r} must be {_JSON_NAMES[option.kind]} "
+                f"({option.help})"
             )
         if option.choices and value not in option.choices:
             raise ValueError(
-                f"{where}.options.{name}={value!r} is not supported; allowed: {', '.join(option.choices)}"
+                f"{where}.options.{name}={value!r} is not supported; "
+                f"allowed: {', '.join(option.choices)}"
             )
     for name, option in declared.items():
         if option.required and name not in model.options:
@@ -342,8 +355,10 @@ def _check_pin(model: Model, where: str) -> None:
     if model.sha256 is None:
         return
     digest = model.sha256
-    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdefABCDEF" for c in digest)):
-        raise ValueError(f"{where}.sha256={digest!r} is not a SHA-256 digest; allowed: 64 hexadecimal digits")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+        raise ValueError(
+            f"{where}.sha256={digest!r} is not a SHA-256 digest; allowed: 64 hexadecimal digits"
+        )
     if model.watch_pattern:
         raise ValueError(
             f"{where}.sha256 and {where}.watch_pattern={model.watch_pattern!r} cannot be combined: "
@@ -364,7 +379,8 @@ def _split_class_path(path: Any, where: str) -> tuple[str, str]:
 def _beam_handler_args(model: Model, where: str) -> tuple[type, dict[str, Any]]:
     """The allowlisted Beam handler class and its keyword arguments from ``model.options``."""
     entry = BEAM_HANDLERS[model.format]
-    cls = getattr(_import(entry.module, entry.package, f"{where}.format={model.format!r}"), entry.name)
+    module = _import(entry.module, entry.package, f"{where}.format={model.format!r}")
+    cls = getattr(module, entry.name)
     parameters = {
         name: p
         for name, p in inspect.signature(cls).parameters.items()
@@ -379,19 +395,22 @@ def _beam_handler_args(model: Model, where: str) -> tuple[type, dict[str, Any]]:
         parameter = parameters.get(name)
         option = f"{where}.options.{name}"
         if parameter is None:
-            raise ValueError(f"{option} is not an option of handler {model.format!r}; allowed: {allowed}")
+            raise ValueError(
+                f"{option} is not an option of handler {model.format!r}; allowed: {allowed}"
+            )
         if name in entry.class_choices:
             choices = entry.class_choices[name]
             if value not in choices:
-                raise ValueError(f"{option}={value!r} is not supported; allowed: {', '.join(choices)}")
+                raise ValueError(
+                    f"{option}={value!r} is not supported; allowed: {', '.join(choices)}"
+                )
             value = getattr(importlib.import_module(entry.library), value)
         elif isinstance(parameter.default, enum.Enum):
             members = type(parameter.default).__members__
             member = members.get(value.upper()) if isinstance(value, str) else None
             if member is None:
-                raise ValueError(
-                    f"{option}={value!r} is not supported; allowed: {', '.join(m.lower() for m in members)}"
-                )
+                names = ", ".join(m.lower() for m in members)
+                raise ValueError(f"{option}={value!r} is not supported; allowed: {names}")
             value = member
         kwargs[name] = value
     for name, parameter in parameters.items():
@@ -418,11 +437,12 @@ def _build(model: Model, uri: str, where: str) -> ModelHandler:
     what = f"{where}.framework={model.framework!r}"
     options = model.options
     if model.framework == "sklearn":
-        sklearn_inference = _import("apache_beam.ml.inference.sklearn_inference", "scikit-learn", what)
-        file_type = sklearn_inference.ModelFileType.JOBLIB if model.format == "joblib" else sklearn_inference.ModelFileType.PICKLE
+        sklearn = _import("apache_beam.ml.inference.sklearn_inference", "scikit-learn", what)
         if model.format == "skops":
             _import("skops.io", "skops", f"{where}.format='skops'")
-        return sklearn_inference.SklearnModelHandlerNumpy(
+        file_types = sklearn.ModelFileType
+        file_type = file_types.JOBLIB if model.format == "joblib" else file_types.PICKLE
+        return sklearn.SklearnModelHandlerNumpy(
             uri, file_type, inference_fn=partial(_sklearn_call, model.output)
         )
     if model.framework == "pytorch":
@@ -441,14 +461,15 @@ def _build(model: Model, uri: str, where: str) -> ModelHandler:
             load_model_args={"weights_only": True},
         )
     if model.framework == "onnx":
-        onnx_inference = _import("apache_beam.ml.inference.onnx_inference", "onnxruntime onnx", what)
+        onnx = _import("apache_beam.ml.inference.onnx_inference", "onnxruntime onnx", what)
         providers = ["CPUExecutionProvider"]
         if options.get("device") == "cuda":
             providers.insert(0, "CUDAExecutionProvider")
-        return onnx_inference.OnnxModelHandlerNumpy(
+        kind = OUTPUTS["onnx"][model.output]
+        return onnx.OnnxModelHandlerNumpy(
             uri,
             providers=providers,
-            inference_fn=partial(_onnx_inference, options.get("output_name"), OUTPUTS["onnx"][model.output], where),
+            inference_fn=partial(_onnx_inference, options.get("output_name"), kind, where),
         )
     cls, kwargs = _beam_handler_args(model, where)
     entry = BEAM_HANDLERS[model.format]
@@ -518,7 +539,11 @@ def _results(batch: Sequence[Any], outputs: Any) -> list[PredictionResult]:
 
 
 def _torch_inference(
-    batch: Sequence[np.ndarray], model: Any, device: Any, inference_args: Any = None, model_id: Any = None
+    batch: Sequence[np.ndarray],
+    model: Any,
+    device: Any,
+    inference_args: Any = None,
+    model_id: Any = None,
 ) -> list[PredictionResult]:
     import torch
 
@@ -529,7 +554,12 @@ def _torch_inference(
 
 
 def _onnx_inference(
-    output_name: Optional[str], kind: str, where: str, session: Any, batch: Sequence[np.ndarray], inference_args: Any = None
+    output_name: Optional[str],
+    kind: str,
+    where: str,
+    session: Any,
+    batch: Sequence[np.ndarray],
+    inference_args: Any = None,
 ) -> Any:
     """Runs the first input on the batch (float32, or float64 for a double input).
 

@@ -56,7 +56,9 @@ class LoadPolicy:
             items = (value,) if isinstance(value, str) else tuple(value)
             for item in items:
                 if not isinstance(item, str) or not item.strip():
-                    raise ValueError(f"LoadPolicy.{name} holds {item!r}; entries must be non-empty strings")
+                    raise ValueError(
+                        f"LoadPolicy.{name} holds {item!r}; entries must be non-empty strings"
+                    )
             object.__setattr__(self, name, tuple(item.strip() for item in items))
 
     @classmethod
@@ -68,7 +70,9 @@ class LoadPolicy:
         def entries(name: str) -> tuple[str, ...]:
             return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
 
-        return cls(entries(MODEL_ROOTS_ENV), entries(TRUSTED_ROOTS_ENV), entries(ALLOWED_CLASSES_ENV))
+        return cls(
+            entries(MODEL_ROOTS_ENV), entries(TRUSTED_ROOTS_ENV), entries(ALLOWED_CLASSES_ENV)
+        )
 
     @classmethod
     def unrestricted(cls) -> LoadPolicy:

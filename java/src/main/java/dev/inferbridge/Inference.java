@@ -1,5 +1,6 @@
 package dev.inferbridge;
 
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.EnumSet;
@@ -11,15 +12,19 @@ import org.apache.beam.sdk.schemas.Schema.TypeName;
 import org.apache.beam.sdk.transforms.PTransform;
 import org.apache.beam.sdk.util.construction.External;
 import org.apache.beam.sdk.values.PCollection;
+import org.apache.beam.sdk.values.PCollectionTuple;
 import org.apache.beam.sdk.values.Row;
+import org.apache.beam.sdk.values.TupleTag;
 
 /**
  * Runs a model on schema'd Rows through InferBridge's Python inference composite.
  *
  * <p>Each input Row gives a key ({@link #withKeyField}) and an array of numbers
  * ({@link #withFeatureField}). The features go through the preprocessing steps in order, then
- * Beam's Python RunInference with the model, then the postprocessing steps in order. The output
- * has the schema {@link #outputSchema(Schema)}:
+ * Beam's Python RunInference with the model, then the postprocessing steps in order. Every input
+ * Row gives exactly one output Row in the {@link InferenceResult}: an inference, or a failure.
+ *
+ * <p>{@link InferenceResult#getInferences()} has the schema {@link #outputSchema(Schema)}:
  *
  * <ul>
  *   <li>{@code key}: the input key (STRING, or INT64 for integer keys);
@@ -29,25 +34,56 @@ import org.apache.beam.sdk.values.Row;
  *   <li>{@code model_id}: the model that made the inference.
  * </ul>
  *
+ * <p>{@link InferenceResult#getFailures()} has the schema {@link #FAILURE_SCHEMA}: the input Rows
+ * that could not be read, preprocessed, inferred or postprocessed, with the stage and the error.
+ *
  * <pre>{@code
- * PCollection<Row> predictions = rows.apply(
+ * InferenceResult result = rows.apply(
  *     Inference.of(SklearnModel.pickle("/models/digits.pkl").withOutput(ModelOutput.PREDICT_PROBA))
  *         .withKeyField("id")
  *         .withFeatureField("pixels")
  *         .withPreprocess(Step.scale(1.0 / 16))
  *         .withPostprocess(Step.argmax())
  *         .withExpansionService("localhost:8097"));
+ * PCollection<Row> predictions = result.getInferences();
+ * PCollection<Row> failures = result.getFailures();
  * }</pre>
  *
  * <p>The pipeline needs a portable runner and a running {@code inferbridge-expansion-service};
  * {@code inferbridge-local -- <command>} starts both services for local runs. Without {@link
  * #withExpansionService}, the address is read from {@value #EXPANSION_SERVICE_ENV}.
  */
-public final class Inference extends PTransform<PCollection<Row>, PCollection<Row>> {
+public final class Inference extends PTransform<PCollection<Row>, InferenceResult> {
   private static final long serialVersionUID = 1L;
 
   /** The environment variable that names the expansion service when none is configured. */
   public static final String EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE";
+
+  /**
+   * The schema of {@link InferenceResult#getFailures()}, one Row per input Row without an
+   * inference:
+   *
+   * <ul>
+   *   <li>{@code stage}: where it failed: {@code input}, {@code routing}, {@code preprocess},
+   *       {@code inference}, {@code postprocess} or {@code output};
+   *   <li>{@code step}: the name of the step that failed, or null outside a step;
+   *   <li>{@code error_type}: the kind of error, e.g. the Python exception's class name;
+   *   <li>{@code message}: the error message;
+   *   <li>{@code element}: the input Row as text (a JSON object of its fields);
+   *   <li>{@code key}: the input key as a string, or null when it could not be read;
+   *   <li>{@code model_id}: the model the Row was routed to, or null before routing.
+   * </ul>
+   */
+  public static final Schema FAILURE_SCHEMA =
+      Schema.builder()
+          .addStringField("stage")
+          .addNullableField("step", FieldType.STRING)
+          .addStringField("error_type")
+          .addStringField("message")
+          .addStringField("element")
+          .addNullableField("key", FieldType.STRING)
+          .addNullableField("model_id", FieldType.STRING)
+          .build();
 
   private static final Set<TypeName> KEY_TYPES =
       EnumSet.of(TypeName.STRING, TypeName.INT64, TypeName.INT32, TypeName.INT16, TypeName.BYTE);
@@ -117,7 +153,7 @@ public final class Inference extends PTransform<PCollection<Row>, PCollection<Ro
     return new Inference(model, keyField, featureField, preprocess, postprocess, hostPort);
   }
 
-  /** The schema of the output Rows for input Rows of {@code inputSchema}. */
+  /** The schema of the inference Rows for input Rows of {@code inputSchema}. */
   public Schema outputSchema(Schema inputSchema) {
     FieldType keyType =
         inputSchema.getField(keyField).getType().getTypeName() == TypeName.STRING
@@ -132,7 +168,7 @@ public final class Inference extends PTransform<PCollection<Row>, PCollection<Ro
   }
 
   @Override
-  public PCollection<Row> expand(PCollection<Row> input) {
+  public InferenceResult expand(PCollection<Row> input) {
     if (keyField == null) {
       throw new IllegalStateException("Inference: withKeyField() is required");
     }
@@ -149,22 +185,43 @@ public final class Inference extends PTransform<PCollection<Row>, PCollection<Ro
     String endpoint = resolveExpansionService();
 
     Row config = InferenceConfig.toRow(model, keyField, featureField, preprocess, postprocess);
-    PCollection<Row> output;
+    PCollectionTuple outputs;
     try {
-      output =
+      outputs =
           input.apply(
               "RunInference",
               External.<PCollection<Row>, Row>of(
-                  InferenceConfig.RUN_INFERENCE_URN, InferenceConfig.payload(config), endpoint));
+                      InferenceConfig.RUN_INFERENCE_URN, InferenceConfig.payload(config), endpoint)
+                  .withMultiOutputs());
     } catch (RuntimeException e) {
       throw ExpansionErrors.explain(endpoint, e);
     }
-    Schema expected = outputSchema(schema);
+    return new InferenceResult(
+        input.getPipeline(),
+        checkedOutput(outputs, InferenceResult.INFERENCES, outputSchema(schema), endpoint),
+        checkedOutput(outputs, InferenceResult.FAILURES, FAILURE_SCHEMA, endpoint));
+  }
+
+  /** The output {@code tag} of the expanded composite, if it has the {@code expected} schema. */
+  private static PCollection<Row> checkedOutput(
+      PCollectionTuple outputs, TupleTag<Row> tag, Schema expected, String endpoint) {
+    String mismatch = "; the service and this library are different InferBridge versions";
+    if (!outputs.has(tag)) {
+      List<String> tags = new ArrayList<>();
+      for (TupleTag<?> returned : outputs.getAll().keySet()) {
+        tags.add(returned.getId());
+      }
+      throw new IllegalStateException(
+          "Inference: the expansion service at " + endpoint + " returned the outputs " + tags
+              + ", expected " + InferenceResult.INFERENCES.getId() + " and "
+              + InferenceResult.FAILURES.getId() + mismatch);
+    }
+    PCollection<Row> output = outputs.get(tag);
     if (!output.hasSchema() || !output.getSchema().equivalent(expected)) {
       throw new IllegalStateException(
-          "Inference: the expansion service at " + endpoint + " returned Rows of schema "
-              + (output.hasSchema() ? output.getSchema() : "none") + ", expected " + expected
-              + "; the service and this library are different InferBridge versions");
+          "Inference: the expansion service at " + endpoint + " returned " + tag.getId()
+              + " Rows of schema " + (output.hasSchema() ? output.getSchema() : "none")
+              + ", expected " + expected + mismatch);
     }
     return output;
   }

@@ -4,6 +4,7 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
 import org.apache.beam.model.pipeline.v1.ExternalTransforms.ExternalConfigurationPayload;
 import org.apache.beam.sdk.coders.RowCoder;
@@ -24,33 +25,67 @@ final class InferenceConfig {
   static final Schema STEP_SCHEMA =
       Schema.builder().addStringField("name").addStringField("params").build();
 
+  static final Schema MODEL_SCHEMA =
+      Schema.builder()
+          .addNullableField("model_id", FieldType.STRING)
+          .addStringField("framework")
+          .addStringField("format")
+          .addStringField("uri")
+          .addStringField("output")
+          .addArrayField("keys", FieldType.STRING)
+          .addStringField("options")
+          .addNullableField("sha256", FieldType.STRING)
+          .addNullableField("watch_pattern", FieldType.STRING)
+          .build();
+
   static final Schema SCHEMA =
       Schema.builder()
           .addStringField("key_field")
-          .addStringField("feature_field")
-          .addStringField("model_framework")
-          .addStringField("model_format")
-          .addStringField("model_uri")
-          .addNullableField("model_id", FieldType.STRING)
-          .addStringField("model_output")
+          .addArrayField("feature_fields", FieldType.STRING)
+          .addArrayField("passthrough_fields", FieldType.STRING)
+          .addArrayField("models", FieldType.row(MODEL_SCHEMA))
           .addArrayField("preprocess", FieldType.row(STEP_SCHEMA))
           .addArrayField("postprocess", FieldType.row(STEP_SCHEMA))
+          .addNullableField("min_batch_size", FieldType.INT64)
+          .addNullableField("max_batch_size", FieldType.INT64)
+          .addNullableField("max_batch_duration_secs", FieldType.DOUBLE)
+          .addStringField("variable_length")
+          .addDoubleField("pad_value")
+          .addNullableField("max_models_per_worker", FieldType.INT64)
+          .addDoubleField("watch_interval_secs")
+          .addNullableField("min_ram", FieldType.STRING)
+          .addNullableField("accelerator", FieldType.STRING)
+          .addStringField("metrics_namespace")
           .build();
+
+  // The composite's defaults for the settings this library does not expose yet.
+  private static final String VARIABLE_LENGTH = "bucket";
+  private static final double PAD_VALUE = 0.0;
+  private static final double WATCH_INTERVAL_SECS = 360.0;
+  private static final String METRICS_NAMESPACE = "InferBridge";
 
   private InferenceConfig() {}
 
+  /** The configuration Row: {@code model} serves every key; other settings are the defaults. */
   static Row toRow(
       Model model, String keyField, String featureField, List<Step> preprocess, List<Step> postprocess) {
     return Row.withSchema(SCHEMA)
         .withFieldValue("key_field", keyField)
-        .withFieldValue("feature_field", featureField)
-        .withFieldValue("model_framework", model.getFramework())
-        .withFieldValue("model_format", model.getFormat())
-        .withFieldValue("model_uri", model.getUri())
-        .withFieldValue("model_id", model.getModelId())
-        .withFieldValue("model_output", model.getOutput().wireName())
+        .withFieldValue("feature_fields", Collections.singletonList(featureField))
+        .withFieldValue("passthrough_fields", Collections.emptyList())
+        .withFieldValue("models", Collections.singletonList(modelRow(model)))
         .withFieldValue("preprocess", stepRows(preprocess))
         .withFieldValue("postprocess", stepRows(postprocess))
+        .withFieldValue("min_batch_size", null)
+        .withFieldValue("max_batch_size", null)
+        .withFieldValue("max_batch_duration_secs", null)
+        .withFieldValue("variable_length", VARIABLE_LENGTH)
+        .withFieldValue("pad_value", PAD_VALUE)
+        .withFieldValue("max_models_per_worker", null)
+        .withFieldValue("watch_interval_secs", WATCH_INTERVAL_SECS)
+        .withFieldValue("min_ram", null)
+        .withFieldValue("accelerator", null)
+        .withFieldValue("metrics_namespace", METRICS_NAMESPACE)
         .build();
   }
 
@@ -91,6 +126,20 @@ final class InferenceConfig {
         text = type.getTypeName().name();
     }
     return Boolean.TRUE.equals(type.getNullable()) ? text + " NULLABLE" : text;
+  }
+
+  private static Row modelRow(Model model) {
+    return Row.withSchema(MODEL_SCHEMA)
+        .withFieldValue("model_id", model.getModelId())
+        .withFieldValue("framework", model.getFramework())
+        .withFieldValue("format", model.getFormat())
+        .withFieldValue("uri", model.getUri())
+        .withFieldValue("output", model.getOutput().wireName())
+        .withFieldValue("keys", Collections.emptyList())
+        .withFieldValue("options", "{}")
+        .withFieldValue("sha256", null)
+        .withFieldValue("watch_pattern", null)
+        .build();
   }
 
   private static List<Row> stepRows(List<Step> steps) {

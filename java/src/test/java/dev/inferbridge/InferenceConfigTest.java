@@ -1,6 +1,7 @@
 package dev.inferbridge;
 
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertNull;
 
 import java.io.ByteArrayInputStream;
 import java.nio.charset.StandardCharsets;
@@ -42,12 +43,20 @@ public class InferenceConfigTest {
     Row decoded = RowCoder.of(schema).decode(new ByteArrayInputStream(payload.getPayload().toByteArray()));
 
     assertEquals("id", decoded.getString("key_field"));
-    assertEquals("pixels", decoded.getString("feature_field"));
-    assertEquals("sklearn", decoded.getString("model_framework"));
-    assertEquals("joblib", decoded.getString("model_format"));
-    assertEquals("/models/m.joblib", decoded.getString("model_uri"));
-    assertEquals("m1", decoded.getString("model_id"));
-    assertEquals("predict_proba", decoded.getString("model_output"));
+    assertEquals(Arrays.asList("pixels"), new ArrayList<>(decoded.getArray("feature_fields")));
+    assertEquals(Arrays.asList(), new ArrayList<>(decoded.getArray("passthrough_fields")));
+    List<Row> models = new ArrayList<>(decoded.getArray("models"));
+    assertEquals(1, models.size());
+    Row m = models.get(0);
+    assertEquals("m1", m.getString("model_id"));
+    assertEquals("sklearn", m.getString("framework"));
+    assertEquals("joblib", m.getString("format"));
+    assertEquals("/models/m.joblib", m.getString("uri"));
+    assertEquals("predict_proba", m.getString("output"));
+    assertEquals(Arrays.asList(), new ArrayList<>(m.getArray("keys")));
+    assertEquals("{}", m.getString("options"));
+    assertNull(m.getString("sha256"));
+    assertNull(m.getString("watch_pattern"));
     List<Row> pre = new ArrayList<>(decoded.getArray("preprocess"));
     assertEquals("scale", pre.get(0).getString("name"));
     assertEquals("{\"factor\":0.5}", pre.get(0).getString("params"));
@@ -58,10 +67,21 @@ public class InferenceConfigTest {
   }
 
   @Test
-  public void modelIdIsNullWhenNotGiven() {
+  public void unsetOptionsTakeTheCompositeDefaults() {
     Row config =
         InferenceConfig.toRow(SklearnModel.pickle("/m.pkl"), "k", "f", Arrays.asList(), Arrays.asList());
-    assertEquals(null, config.getString("model_id"));
-    assertEquals("predict", config.getString("model_output"));
+    Row model = new ArrayList<>(config.<Row>getArray("models")).get(0);
+    assertNull(model.getString("model_id"));
+    assertEquals("predict", model.getString("output"));
+    for (String nullable :
+        Arrays.asList(
+            "min_batch_size", "max_batch_size", "max_batch_duration_secs", "max_models_per_worker",
+            "min_ram", "accelerator")) {
+      assertNull(nullable, config.getValue(nullable));
+    }
+    assertEquals("bucket", config.getString("variable_length"));
+    assertEquals(0.0, config.getDouble("pad_value"), 0);
+    assertEquals(360.0, config.getDouble("watch_interval_secs"), 0);
+    assertEquals("InferBridge", config.getString("metrics_namespace"));
   }
 }

@@ -2,11 +2,13 @@ package dev.inferbridge;
 
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertNotSame;
+import static org.junit.Assert.assertSame;
 import static org.junit.Assert.assertThrows;
 import static org.junit.Assert.assertTrue;
 
 import java.net.ServerSocket;
 import java.util.Arrays;
+import java.util.stream.Collectors;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
@@ -16,6 +18,7 @@ import org.apache.beam.sdk.testing.CrashingRunner;
 import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.Row;
+import org.apache.beam.sdk.values.TupleTag;
 import org.junit.Test;
 
 /** Builder and construction-time checks; none of these needs Python or a service. */
@@ -55,6 +58,31 @@ public class InferenceTest {
     assertEquals(Arrays.asList("key", "example", "inference", "model_id"), out.getFieldNames());
     assertEquals(FieldType.STRING, out.getField("key").getType());
     assertEquals(FieldType.INT64, BASE.withKeyField("n").outputSchema(INPUT).getField("key").getType());
+  }
+
+  @Test
+  public void failureSchemaIsTheCompositesFailureRow() {
+    Schema failures = Inference.FAILURE_SCHEMA;
+    assertEquals(
+        Arrays.asList("stage", "step", "error_type", "message", "element", "key", "model_id"),
+        failures.getFieldNames());
+    for (String required : Arrays.asList("stage", "error_type", "message", "element")) {
+      assertEquals(FieldType.STRING, failures.getField(required).getType());
+    }
+    for (String nullable : Arrays.asList("step", "key", "model_id")) {
+      assertEquals(FieldType.STRING.withNullable(true), failures.getField(nullable).getType());
+    }
+  }
+
+  @Test
+  public void resultExpandsToTheCompositesOutputTags() {
+    PCollection<Row> rows = input();
+    InferenceResult result = new InferenceResult(rows.getPipeline(), rows, rows);
+    assertSame(rows, result.getInferences());
+    assertSame(rows, result.getFailures());
+    assertEquals(
+        Arrays.asList("inferences", "failures"),
+        result.expand().keySet().stream().map(TupleTag::getId).collect(Collectors.toList()));
   }
 
   @Test

@@ -1,6 +1,7 @@
 package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
+import dev.inferbridge.InferenceResult;
 import dev.inferbridge.Model;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
@@ -26,10 +27,12 @@ import org.apache.beam.sdk.options.Validation;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.transforms.Combine;
+import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.ToJson;
 import org.apache.beam.sdk.transforms.join.CoGbkResult;
 import org.apache.beam.sdk.transforms.join.CoGroupByKey;
 import org.apache.beam.sdk.transforms.join.KeyedPCollectionTuple;
@@ -44,9 +47,10 @@ import org.apache.beam.sdk.values.TypeDescriptors;
  *
  * <p>Reads the held-out rows written by {@code examples/digits/train_model.py}, runs them through
  * {@link Inference} (scale the pixels, {@code predict_proba}, {@code argmax}), joins the
- * predictions with the true labels by key, and prints {@code accuracy=<a> expected=<e> rows=<n>},
- * where {@code expected} is scikit-learn's own score on the same rows. Exits with status 1 if the
- * two differ.
+ * predictions with the true labels by key, and prints {@code failures=<f>}, the number of rows
+ * that got no inference, then {@code accuracy=<a> expected=<e> rows=<n>}, where {@code expected}
+ * is scikit-learn's own score on the same rows. Exits with status 1 if the two differ or a row got
+ * no inference.
  *
  * <p>Run it under {@code inferbridge-local}, which starts the expansion and job services:
  *
@@ -79,6 +83,11 @@ public final class DigitsClassification {
     String getPredictionsFile();
 
     void setPredictionsFile(String value);
+
+    @Description("If set, also write each failure Row to this file, as one JSON object per line")
+    String getFailuresFile();
+
+    void setFailuresFile(String value);
   }
 
   static final Schema DIGIT_SCHEMA =
@@ -105,6 +114,7 @@ public final class DigitsClassification {
     List<Row> digits = readRows(modelDir.resolve("test_rows.csv"));
     double expected = readExpectedScore(modelDir.resolve("expected.json"));
     Path tally = Files.createTempFile("inferbridge-digits", ".txt");
+    Path failureCount = Files.createTempFile("inferbridge-digits-failures", ".txt");
 
     Pipeline pipeline = Pipeline.create(options);
     PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(DIGIT_SCHEMA));
@@ -118,7 +128,9 @@ public final class DigitsClassification {
     if (options.getExpansionService() != null) {
       inference = inference.withExpansionService(options.getExpansionService());
     }
-    PCollection<Row> predictions = rows.apply("Classify", inference);
+    InferenceResult result = rows.apply("Classify", inference);
+    PCollection<Row> predictions = result.getInferences();
+    PCollection<Row> failures = result.getFailures();
 
     TupleTag<Long> labelTag = new TupleTag<Long>() {};
     TupleTag<Long> predictionTag = new TupleTag<Long>() {};
@@ -137,21 +149,38 @@ public final class DigitsClassification {
           .apply("CollectPredictions", Combine.globally(new SortedLines()))
           .apply("WritePredictions", ParDo.of(new WriteText(options.getPredictionsFile())));
     }
+    failures
+        .apply("CountFailures", Count.globally())
+        .apply("FormatFailureCount", MapElements.into(TypeDescriptors.strings()).via(String::valueOf))
+        .apply("WriteFailureCount", ParDo.of(new WriteText(failureCount.toString())));
+    if (options.getFailuresFile() != null) {
+      failures
+          .apply("FailuresToJson", ToJson.of())
+          .apply("CollectFailures", Combine.globally(new SortedLines()))
+          .apply("WriteFailures", ParDo.of(new WriteText(options.getFailuresFile())));
+    }
 
     PipelineResult.State state = pipeline.run().waitUntilFinish();
     if (state != PipelineResult.State.DONE) {
       throw new IllegalStateException("the pipeline ended in state " + state);
     }
     // "correct,predicted" as written by the pipeline.
-    String[] counts = new String(Files.readAllBytes(tally), StandardCharsets.UTF_8).trim().split(",");
-    Files.delete(tally);
+    String[] counts = readAndDelete(tally).split(",");
     long correct = Long.parseLong(counts[0]);
     long predicted = Long.parseLong(counts[1]);
+    long failed = Long.parseLong(readAndDelete(failureCount));
     double accuracy = (double) correct / digits.size();
+    System.out.println("failures=" + failed);
     System.out.println("accuracy=" + accuracy + " expected=" + expected + " rows=" + predicted);
     if (accuracy != expected || predicted != digits.size()) {
       System.exit(1);
     }
+  }
+
+  private static String readAndDelete(Path file) throws IOException {
+    String text = new String(Files.readAllBytes(file), StandardCharsets.UTF_8).trim();
+    Files.delete(file);
+    return text;
   }
 
   private static Model model(String format, Path modelDir) {
@@ -247,7 +276,7 @@ public final class DigitsClassification {
     }
   }
 
-  /** Joins lines into one text, sorted, so it can be written in one go. */
+  /** Joins lines into one text, sorted, each ending in a newline, so it can be written in one go. */
   static final class SortedLines extends Combine.CombineFn<String, List<String>, String> {
     @Override
     public List<String> createAccumulator() {
@@ -271,7 +300,11 @@ public final class DigitsClassification {
     public String extractOutput(List<String> acc) {
       List<String> sorted = new ArrayList<>(acc);
       Collections.sort(sorted);
-      return String.join("\n", sorted) + "\n";
+      StringBuilder text = new StringBuilder();
+      for (String line : sorted) {
+        text.append(line).append('\n');
+      }
+      return text.toString();
     }
   }
 
