@@ -1,0 +1,130 @@
+"""The composite with every model framework, and variable-length inputs."""
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import torch
+from apache_beam.testing.util import assert_that, equal_to
+from skl2onnx import to_onnx
+from tiny_torch import TinyNet
+
+from inferbridge import Inference, Model, Step
+from inferbridge.policy import LoadPolicy
+
+
+@pytest.fixture(scope="module")
+def net(digits):
+    """A TinyNet trained a few steps on pixels / 16."""
+    pixels, labels = digits
+    x = torch.tensor(pixels[:600] / 16, dtype=torch.float32)
+    y = torch.tensor(labels[:600])
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(40):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(net, digits_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("frameworks")
+    paths = {"state_dict": root / "net.pt", "torchscript": root / "net.ts", "onnx": root / "digits.onnx", "skops": root / "digits.skops"}
+    torch.save(net.state_dict(), paths["state_dict"])
+    torch.jit.script(net).save(str(paths["torchscript"]))
+    onnx_model = to_onnx(digits_model, np.zeros((1, 64), np.float32), options={id(digits_model): {"zipmap": False}})
+    paths["onnx"].write_bytes(onnx_model.SerializeToString())
+    import skops.io
+
+    skops.io.dump(digits_model, paths["skops"])
+    return {k: str(v) for k, v in paths.items()}, root
+
+
+def rows(pixels):
+    return [beam.Row(id=i, pixels=[float(v) for v in p]) for i, p in enumerate(pixels)]
+
+
+def test_pytorch_state_dict_and_torchscript(files, net, held_out):
+    paths, root = files
+    pixels, _ = held_out
+    expected = net(torch.tensor(pixels / 16, dtype=torch.float32)).argmax(dim=1).tolist()
+    policy = LoadPolicy(trusted_roots=(str(root),), allowed_model_classes=("tiny_torch",))
+    for model in (
+        Model.pytorch(paths["state_dict"], model_class="tiny_torch:TinyNet", model_params={"n_hidden": 16}),
+        Model.pytorch(paths["torchscript"]),
+    ):
+        with beam.Pipeline() as p:
+            result = p | beam.Create(rows(pixels)) | Inference(
+                model, key_field="id", feature_fields="pixels",
+                preprocess=[Step("scale", factor=1 / 16)], postprocess=[Step("argmax")], policy=policy,
+            )
+            assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected))))
+
+
+def test_state_dict_models_need_an_allowed_class(files):
+    paths, _ = files
+    p = beam.Pipeline()
+    with pytest.raises(ValueError, match="tiny_torch"):
+        p | beam.Create(rows(np.zeros((1, 64)))) | Inference(
+            Model.pytorch(paths["state_dict"], model_class="tiny_torch:TinyNet"), key_field="id", feature_fields="pixels", policy=LoadPolicy()
+        )
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "skops"])
+def test_safe_formats_load_from_anywhere_without_trust(files, digits_model, held_out, model_format):
+    paths, _ = files
+    pixels, _ = held_out
+    model = Model.onnx(paths["onnx"]) if model_format == "onnx" else Model.sklearn(paths["skops"], format="skops", output="predict_proba")
+    expected = digits_model.predict_proba(pixels / 16).argmax(axis=1).tolist()
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows(pixels)) | Inference(
+            model, key_field="id", feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)], postprocess=[Step("argmax")], policy=LoadPolicy(),
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected))))
+
+
+def test_an_allowlisted_beam_handler_by_name(tmp_path, digits, held_out):
+    import xgboost
+
+    features, labels = digits
+    booster = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(features[:600] / 16, labels[:600])
+    path = str(tmp_path / "digits.json")
+    booster.save_model(path)
+    pixels, _ = held_out
+    expected = booster.predict(pixels / 16).tolist()
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows(pixels)) | Inference(
+            Model.handler("xgboost_numpy", path, output="number", options={"model_class": "XGBClassifier"}),
+            key_field="id", feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)], postprocess=[Step("round")], policy=LoadPolicy(),
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected))))
+
+
+class _Sum(torch.nn.Module):
+    """Sums each sequence: any length, and zero padding does not change the result."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("variable_length", ["bucket", "pad"])
+def test_variable_length_inputs_are_bucketed_or_padded(tmp_path, variable_length):
+    path = str(tmp_path / "sum.ts")
+    torch.jit.script(_Sum()).save(path)
+    sequences = [[float(v) for v in range(n)] for n in (3, 5, 3, 8, 1, 5, 8, 2)]
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id=i, tokens=s) for i, s in enumerate(sequences)]) | Inference(
+            Model.pytorch(path, output="number"),
+            key_field="id",
+            feature_fields="tokens",
+            variable_length=variable_length,
+            min_batch_size=len(sequences),
+            max_batch_size=len(sequences),
+            policy=LoadPolicy(trusted_roots=(str(tmp_path),)),
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(sum(s))) for i, s in enumerate(sequences)]))
+        assert_that(result.failures, equal_to([]), label="NoFailures")
