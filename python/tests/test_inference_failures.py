@@ -3,8 +3,6 @@
 import json
 
 import apache_beam as beam
-import numpy as np
-import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from inferbridge import Inference, Model, Step

@@ -283,3 +283,20 @@ def test_batching_by_duration_uses_beams_stateful_batching(model_files, digits_m
     run.wait_until_finish()
     sizes = [d.committed for d in run.metrics().query()["distributions"] if d.key.metric.name == "model_digits_batch_size_examples"]
     assert sizes and max(s.max for s in sizes) <= 8
+
+
+def test_steps_run_in_the_order_given(model_files, trusting):
+    """Preprocess first to last (not Beam's last-applied-first), then postprocess first to last."""
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id=0, pixels=[float(v) for v in range(64)])]) | Inference(
+            Model.sklearn(model_files["pickle"], output="predict_proba"),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=2), Step("normalize", mean=1, std=4)],
+            postprocess=[Step("argmax"), Step("label_map", mapping={str(i): f"d{i}" for i in range(10)})],
+            policy=trusting,
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.example, r.inference.startswith("d"))),
+            equal_to([([(2 * v - 1) / 4 for v in range(64)], True)]),
+        )

@@ -8,7 +8,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
-from apache_beam.utils.timestamp import Timestamp
 from sklearn.dummy import DummyClassifier
 
 from inferbridge import Inference, Model, Step
@@ -145,3 +144,34 @@ def test_a_failed_reload_keeps_serving_the_previous_model(versions, held_out, ca
         )
         assert_that(result.failures, equal_to([]), label="NoFailures")
     assert any("loading the update" in r.getMessage() and paths["broken"] in r.getMessage() for r in caplog.records)
+
+
+def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
+    v1, paths, policy = versions
+    pixels, _ = held_out
+    stream = (
+        TestStream()
+        .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
+        .advance_watermark_to(1, tag="updates")
+        .advance_processing_time(10)
+        .add_elements([window.TimestampedValue(beam.Row(id=i, group="ab"[i % 2], pixels=[float(v) for v in pixels[i]]), 1) for i in range(10)], tag="rows")
+        .advance_processing_time(10)
+        .advance_watermark_to_infinity(tag="rows")
+        .advance_watermark_to_infinity(tag="updates")
+    )
+    with streaming_pipeline() as p:
+        streams = p | stream
+        result = streams["rows"] | Inference(
+            [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
+            key_field="group",
+            feature_fields="pixels",
+            passthrough_fields=["id"],
+            preprocess=[Step("scale", factor=1 / 16)],
+            model_updates=streams["updates"],
+            policy=policy,
+        )
+        before = v1.predict(pixels[:10] / 16)
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.id, r.model_id, r.inference)),
+            equal_to([(i, "ab"[i % 2], float(before[i]) if i % 2 == 0 else 7.0) for i in range(10)]),
+        )
