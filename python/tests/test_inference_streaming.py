@@ -5,7 +5,7 @@ import pickle
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from sklearn.dummy import DummyClassifier
@@ -32,7 +32,7 @@ class _WithWindow(beam.DoFn):
 def test_windows_timestamps_and_late_rows_are_kept(model_files, digits_model, held_out, trusting):
     pixels, _ = held_out
     stream = (
-        TestStream()
+        test_stream.TestStream()
         .add_elements([window.TimestampedValue(row(i, pixels[i]), i) for i in range(5)])
         .advance_watermark_to(15)
         .add_elements([window.TimestampedValue(row(i, pixels[i]), i) for i in range(10, 15)])
@@ -64,6 +64,43 @@ def test_windows_timestamps_and_late_rows_are_kept(model_files, digits_model, he
         )
 
 
+def test_stateful_batching_by_duration_in_streaming(model_files, digits_model, held_out, trusting, tmp_path):
+    """Every row comes out of Beam's stateful batching, including the partial last batch.
+
+    (Rows are collected by a side-effect sink: the last batch is flushed by the end-of-window
+    timer, after the watermark has passed where assert_that would still accept it.)
+    """
+    pixels, _ = held_out
+    stream = (
+        test_stream.TestStream()
+        .add_elements([window.TimestampedValue(row(i, pixels[i]), i) for i in range(20)])
+        .advance_watermark_to(100)
+        .advance_processing_time(5)
+        .advance_processing_time(5)
+        .advance_watermark_to_infinity()
+    )
+    seen = tmp_path / "seen"
+
+    def record(r):
+        with open(seen, "a") as f:
+            f.write(f"{r.key} {r.inference}\n")
+
+    with streaming_pipeline() as p:
+        result = p | stream | Inference(
+            Model.sklearn(model_files["pickle"]),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            max_batch_size=8,
+            max_batch_duration_secs=0.5,
+            policy=trusting,
+        )
+        _ = result.inferences | beam.Map(record)
+    expected = digits_model.predict(pixels[:20] / 16)
+    got = sorted((int(k), float(v)) for k, v in (line.split() for line in seen.read_text().splitlines()))
+    assert got == [(i, float(v)) for i, v in enumerate(expected)]
+
+
 @pytest.fixture(scope="module")
 def versions(digits, tmp_path_factory):
     """v1: the digits model; v2: always 7; broken: not a model at all."""
@@ -88,7 +125,7 @@ def refresh_stream(pixels, update_uri):
     test pipeline sees exactly one update (real runners replace it on every update).
     """
     return (
-        TestStream()
+        test_stream.TestStream()
         .add_elements([window.TimestampedValue(row(i, pixels[i]), 1) for i in range(5)], tag="rows")
         .advance_processing_time(10)
         .advance_watermark_to(5, tag="rows")
@@ -150,7 +187,7 @@ def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
     v1, paths, policy = versions
     pixels, _ = held_out
     stream = (
-        TestStream()
+        test_stream.TestStream()
         .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
         .advance_watermark_to(1, tag="updates")
         .advance_processing_time(10)
@@ -175,3 +212,20 @@ def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
             result.inferences | beam.Map(lambda r: (r.id, r.model_id, r.inference)),
             equal_to([(i, "ab"[i % 2], float(before[i]) if i % 2 == 0 else 7.0) for i in range(10)]),
         )
+
+
+def test_a_watched_pattern_feeds_the_model_updates(versions):
+    """The watch runs until the pipeline stops, so this checks the wiring, not a live swap."""
+    _, paths, policy = versions
+    p = streaming_pipeline()
+    rows = p | beam.Create([row(0, [0.0] * 64)])
+    _ = rows | Inference(
+        Model.sklearn(paths["v1"], model_id="digits", watch_pattern=paths["v1"].replace("v1", "v*")),
+        key_field="id",
+        feature_fields="pixels",
+        watch_interval_secs=5,
+        policy=policy,
+    )
+    names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+    assert any(name.endswith("Watch0") for name in names)
+    assert any(name.endswith("LatestModelPaths") for name in names)

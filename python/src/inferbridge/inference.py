@@ -52,7 +52,7 @@ _INFERENCE_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     steps.ANY: (typing.Any, lambda v: v),
 }
 _KEY_TYPES = (str, int, np.int64, np.int32, np.int16, np.int8)
-_SCALAR_TYPES = (str, bytes, bool, int, float, np.int64, np.int32, np.float64, np.float32)
+_NON_NUMERIC_TYPES = (str, bytes, bool)
 
 FAILURE_ROW = RowTypeConstraint.from_fields(
     [
@@ -113,7 +113,10 @@ class Inference(beam.PTransform):
 
     Steps run in the order given (preprocess first to last before the model, postprocess first
     to last after it). ``model_updates`` is a PCollection of Rows ``(model_id, uri)``: each
-    replaces the named model, in streaming pipelines, without a restart.
+    replaces the named model, in streaming pipelines, without a restart. ``policy`` decides
+    which model files may be loaded (default: ``LoadPolicy.from_env()``). ``options`` are the
+    other ``InferenceSpec`` fields: batching, ``variable_length``, ``max_models_per_worker``,
+    resource hints, ``metrics_namespace``.
     """
 
     def __init__(
@@ -143,12 +146,13 @@ class Inference(beam.PTransform):
         self._policy = policy
 
     @classmethod
-    def from_spec(cls, spec: InferenceSpec, **kwargs: Any) -> "Inference":
+    def from_spec(cls, spec: InferenceSpec) -> "Inference":
+        """The composite for a spec received on the wire (no Python-only options)."""
         transform = cls.__new__(cls)
         beam.PTransform.__init__(transform)
         transform._spec = spec
-        transform._model_updates = kwargs.get("model_updates")
-        transform._policy = kwargs.get("policy")
+        transform._model_updates = None
+        transform._policy = None
         return transform
 
     @property
@@ -739,11 +743,11 @@ def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, li
         raise ValueError(
             f"key_field={spec.key_field!r} has type {key_type}; allowed: a string or integer field"
         )
-    if len(spec.feature_fields) == 1:
-        feature_type = fields[spec.feature_fields[0]]
-        if feature_type in _SCALAR_TYPES and feature_type not in (int, float, np.float64, np.float32, np.int64, np.int32):
+    for i, name in enumerate(spec.feature_fields):
+        feature_type = _non_null(fields[name])
+        if feature_type in _NON_NUMERIC_TYPES:
             raise ValueError(
-                f"feature_fields[0]={spec.feature_fields[0]!r} has type {feature_type.__name__}; "
+                f"feature_fields[{i}]={name!r} has type {feature_type.__name__}; "
                 "allowed: an array of numbers, or numeric fields"
             )
     return (int if key_type is not str else str), [(n, fields[n]) for n in spec.passthrough_fields]
