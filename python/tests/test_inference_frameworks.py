@@ -6,7 +6,7 @@ import pytest
 import torch
 from apache_beam.testing.util import assert_that, equal_to
 from skl2onnx import to_onnx
-from tiny_torch import TinyNet
+import tiny_torch
 
 from inferbridge import Inference, Model, Step
 from inferbridge.policy import LoadPolicy
@@ -16,16 +16,7 @@ from inferbridge.policy import LoadPolicy
 def net(digits):
     """A TinyNet trained a few steps on pixels / 16."""
     pixels, labels = digits
-    x = torch.tensor(pixels[:600] / 16, dtype=torch.float32)
-    y = torch.tensor(labels[:600])
-    torch.manual_seed(0)
-    model = TinyNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(40):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval()
+    return tiny_torch.train(pixels[:600] / 16, labels[:600], steps=40)
 
 
 @pytest.fixture(scope="module")

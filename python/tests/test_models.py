@@ -25,6 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+import tiny_torch
 from tiny_torch import TinyNet
 
 from inferbridge import models, steps
@@ -93,19 +94,7 @@ def sk_files(classifiers, root):
 def nets(digits):
     """Two TinyNets trained a few steps from different seeds: "a" and "b"."""
     pixels, labels, _ = digits
-    x = torch.tensor(pixels, dtype=torch.float32)
-    y = torch.tensor(labels)
-    trained = {}
-    for name, seed in (("a", 0), ("b", 1)):
-        torch.manual_seed(seed)
-        net = TinyNet()
-        optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
-        for _ in range(30):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
-        trained[name] = net.eval()
-    return trained
+    return {name: tiny_torch.train(pixels, labels, seed=seed) for name, seed in (("a", 0), ("b", 1))}
 
 
 @pytest.fixture(scope="module")

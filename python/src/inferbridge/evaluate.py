@@ -29,6 +29,8 @@ from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints import native_type_compatibility, typehints
 from apache_beam.typehints.row_type import RowTypeConstraint
 
+from inferbridge import spec
+
 EVALUATE_URN = "beam:transform:inferbridge:evaluate:v1"
 # (model id, (actual class, predicted class)), each None where missing.
 _CLASS_PAIR_BY_MODEL = Tuple[Optional[str], Tuple[Optional[str], Optional[str]]]
@@ -129,15 +131,7 @@ class Evaluate(beam.PTransform):
     @classmethod
     def from_config(cls, config: Any) -> "Evaluate":
         """Builds the transform from a decoded configuration Row, naming any field that is off."""
-        present = set(getattr(config, "_fields", ()))
-        expected = set(EvaluateConfig._fields)
-        missing = sorted(expected - present)
-        unknown = sorted(present - expected)
-        if missing or unknown:
-            raise ValueError(
-                f"configuration Row does not match {EVALUATE_URN}: missing fields {missing}, "
-                f"unknown fields {unknown}; expected {sorted(expected)}"
-            )
+        spec.check_config_fields(config, EvaluateConfig, EVALUATE_URN)
         return cls(config.label_field, prediction_field=config.prediction_field, model_id_field=config.model_id_field)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
@@ -375,19 +369,11 @@ def _is_collection(beam_type: Any) -> bool:
 
 def _check_input_schema(config: EvaluateConfig, element_type: Any) -> None:
     """Checks the configured fields against the input schema, when it is known."""
-    row_type: Optional[RowTypeConstraint] = None
-    if isinstance(element_type, RowTypeConstraint):
-        row_type = element_type
-    elif isinstance(element_type, type):
-        row_type = RowTypeConstraint.from_user_type(element_type)
-    if row_type is None:
+    fields = spec.input_fields(element_type)
+    if fields is None:
         return
-    fields = dict(row_type._fields)
+    spec.require_input_fields(fields, zip(EvaluateConfig._fields, config))
     for name, value in zip(EvaluateConfig._fields, config):
-        if value not in fields:
-            raise ValueError(
-                f"{name}={value!r} is not a field of the input schema; available fields: {', '.join(fields)}"
-            )
         if _is_collection(fields[value]):
             raise ValueError(
                 f"{name}={value!r} has type {fields[value]}; allowed: a string, integer, float or "
@@ -395,22 +381,14 @@ def _check_input_schema(config: EvaluateConfig, element_type: Any) -> None:
             )
 
 
-def _schema_lines(schema_type: type) -> list[str]:
-    from apache_beam.typehints import schemas
-
-    from inferbridge.spec import _describe
-
-    return [f"{f.name}: {_describe(f.type)}" for f in schemas.named_tuple_to_schema(schema_type).fields]
-
-
 def schema_description() -> list[str]:
     """The configuration schema as ``name: TYPE`` lines, the form of the golden file."""
-    return _schema_lines(EvaluateConfig)
+    return spec.schema_description(EvaluateConfig)
 
 
 def output_schema_description() -> list[str]:
     """The output Row schema as ``name: TYPE`` lines."""
-    return _schema_lines(EvaluationResult)
+    return spec.schema_description(EvaluationResult)
 
 
 __all__ = [

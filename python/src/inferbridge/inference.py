@@ -33,7 +33,14 @@ from apache_beam.typehints.row_type import RowTypeConstraint
 
 from inferbridge import models, steps
 from inferbridge.policy import LoadPolicy
-from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, StepLike
+from inferbridge.spec import (
+    RUN_INFERENCE_URN,
+    InferenceSpec,
+    Model,
+    StepLike,
+    input_fields,
+    require_input_fields,
+)
 
 _LOGGER = logging.getLogger("inferbridge.inference")
 
@@ -721,23 +728,13 @@ def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, li
     Returns the key's Beam type and the passthrough fields with their types. Without a known
     schema (plain Python objects) the key is emitted as a string and passthrough fields as Any.
     """
-    row_type: Optional[RowTypeConstraint] = None
-    if isinstance(element_type, RowTypeConstraint):
-        row_type = element_type
-    elif isinstance(element_type, type):
-        row_type = RowTypeConstraint.from_user_type(element_type)
-    if row_type is None:
+    fields = input_fields(element_type)
+    if fields is None:
         return str, [(name, typing.Any) for name in spec.passthrough_fields]
-    fields = dict(row_type._fields)
     named = [("key_field", spec.key_field)]
     named += [(f"feature_fields[{i}]", f) for i, f in enumerate(spec.feature_fields)]
     named += [(f"passthrough_fields[{i}]", f) for i, f in enumerate(spec.passthrough_fields)]
-    for name, value in named:
-        if value not in fields:
-            raise ValueError(
-                f"{name}={value!r} is not a field of the input schema; available fields: "
-                f"{', '.join(fields)}"
-            )
+    require_input_fields(fields, named)
     key_type = _non_null(fields[spec.key_field])  # a null key is a failure, so keys are never null
     if key_type not in _KEY_TYPES:
         raise ValueError(

@@ -389,15 +389,7 @@ class InferenceSpec:
     @classmethod
     def from_config(cls, config: Any) -> "InferenceSpec":
         """Builds a spec from a decoded configuration Row, naming any field that is off."""
-        present = set(getattr(config, "_fields", ()))
-        expected = set(RunInferenceConfig._fields)
-        missing = sorted(expected - present)
-        unknown = sorted(present - expected)
-        if missing or unknown:
-            raise ValueError(
-                f"configuration Row does not match {RUN_INFERENCE_URN}: missing fields {missing}, "
-                f"unknown fields {unknown}; expected {sorted(expected)}"
-            )
+        check_config_fields(config, RunInferenceConfig, RUN_INFERENCE_URN)
         return cls(
             key_field=config.key_field,
             feature_fields=tuple(config.feature_fields or ()),
@@ -416,6 +408,39 @@ class InferenceSpec:
             accelerator=config.accelerator,
             metrics_namespace=config.metrics_namespace,
         )
+
+
+def check_config_fields(config: Any, config_type: type, urn: str) -> None:
+    """Fails, naming missing and unknown fields, when a decoded Row is not a ``config_type``."""
+    present = set(getattr(config, "_fields", ()))
+    expected = set(config_type._fields)
+    missing = sorted(expected - present)
+    unknown = sorted(present - expected)
+    if missing or unknown:
+        raise ValueError(
+            f"configuration Row does not match {urn}: missing fields {missing}, "
+            f"unknown fields {unknown}; expected {sorted(expected)}"
+        )
+
+
+def input_fields(element_type: Any) -> Optional[dict[str, Any]]:
+    """The fields of a PCollection's element type and their types; None without a schema."""
+    from apache_beam.typehints.row_type import RowTypeConstraint
+
+    row_type = element_type if isinstance(element_type, RowTypeConstraint) else None
+    if row_type is None and isinstance(element_type, type):
+        row_type = RowTypeConstraint.from_user_type(element_type)
+    return None if row_type is None else dict(row_type._fields)
+
+
+def require_input_fields(fields: Mapping[str, Any], named: typing.Iterable[tuple[str, str]]) -> None:
+    """Fails for the first ``(setting, field name)`` whose field the input schema lacks."""
+    for setting, value in named:
+        if value not in fields:
+            raise ValueError(
+                f"{setting}={value!r} is not a field of the input schema; available fields: "
+                f"{', '.join(fields)}"
+            )
 
 
 def schema_description(config_type: type = RunInferenceConfig) -> list[str]:
