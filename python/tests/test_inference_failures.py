@@ -1,6 +1,7 @@
 """Nothing is lost: every input row leaves as one inference or one failure with its reason."""
 
 import json
+import typing
 
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
@@ -143,3 +144,69 @@ def test_a_model_failure_is_isolated_to_the_bad_examples(digits_model, held_out,
     counters = {c.key.metric.name: c.committed for c in run.metrics().query()["counters"] if c.key.metric.namespace == "InferBridge"}
     assert counters["model_picky_failed_examples"] == 3
     assert counters["model_picky_batch_splits"] >= 3
+
+
+def test_misbehaving_steps_fail_their_elements_instead_of_the_bundle(model_files, digits_model, held_out, trusting):
+    pixels, _ = held_out
+    rows = [good(i, pixels[i]) for i in range(6)]
+    predicted = digits_model.predict_proba(pixels[:6] / 16).argmax(axis=1)
+
+    def scale_to_list(x):
+        return [v / 16 for v in x]  # a list, not an array: still fine
+
+    cases = {
+        "scalar": Step.custom(lambda v: np.argmax(v), produces="integer", batched=True),
+        "short": Step.custom(lambda v: np.argmax(v, axis=-1)[:-1], produces="integer", batched=True),
+    }
+    with beam.Pipeline() as p:
+        created = p | beam.Create(rows)
+        for name, step in cases.items():
+            result = created | name >> Inference(
+                Model.sklearn(model_files["pickle"], output="predict_proba"),
+                key_field="id",
+                feature_fields="pixels",
+                preprocess=[scale_to_list],
+                postprocess=[step],
+                policy=trusting,
+            )
+            assert_that(result.inferences, equal_to([]), label=f"{name}NoInferences")
+            assert_that(
+                result.failures | f"{name}Stages" >> beam.Map(lambda f: (f.key, f.stage, f.step)),
+                equal_to([(str(i), "postprocess", "<lambda>") for i in range(6)]),
+                label=f"{name}Failures",
+            )
+        fine = created | "fine" >> Inference(
+            Model.sklearn(model_files["pickle"], output="predict_proba"),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[scale_to_list],
+            postprocess=[Step("argmax")],
+            policy=trusting,
+        )
+        assert_that(fine.inferences | "FineValues" >> beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(predicted.tolist()))), label="Fine")
+
+
+class Digit(typing.NamedTuple):
+    id: typing.Optional[str]
+    pixels: typing.Sequence[float]
+    tags: typing.Mapping[bytes, int]
+
+
+def test_nullable_key_fields_from_typing_optional(model_files, digits_model, held_out, trusting):
+    pixels, _ = held_out
+    rows = [Digit(str(i), [float(v) for v in pixels[i]], {b"k": 1}) for i in range(3)] + [Digit(None, [0.0] * 64, {b"k": 1})]
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows).with_output_types(Digit) | Inference(
+            Model.sklearn(model_files["pickle"]),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            policy=trusting,
+        )
+        expected = digits_model.predict(pixels[:3] / 16)
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(str(i), float(v)) for i, v in enumerate(expected)]))
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.stage, f.message, "Digit(" in f.element)),
+            equal_to([("input", "key_field 'id' is null", True)]),
+            label="NullKey",
+        )

@@ -119,3 +119,25 @@ def test_variable_length_inputs_are_bucketed_or_padded(tmp_path, variable_length
         )
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(sum(s))) for i, s in enumerate(sequences)]))
         assert_that(result.failures, equal_to([]), label="NoFailures")
+
+
+def test_padding_comes_after_every_preprocessing_step(tmp_path):
+    """The model sees pad_value itself, not a normalised pad value."""
+    path = str(tmp_path / "sum.ts")
+    torch.jit.script(_Sum()).save(path)
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id=0, tokens=[1.0, 2.0, 3.0]), beam.Row(id=1, tokens=[1.0, 2.0, 3.0, 4.0])]) | Inference(
+            Model.pytorch(path, output="number"),
+            key_field="id",
+            feature_fields="tokens",
+            preprocess=[Step("normalize", mean=1, std=1)],
+            variable_length="pad",
+            pad_value=-5.0,
+            min_batch_size=2,
+            max_batch_size=2,
+            policy=LoadPolicy(trusted_roots=(str(tmp_path),)),
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.example, r.inference)),
+            equal_to([(0, [0.0, 1.0, 2.0, -5.0], -2.0), (1, [0.0, 1.0, 2.0, 3.0], 6.0)]),
+        )

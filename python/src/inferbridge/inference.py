@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import typing
+import uuid
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -290,7 +292,7 @@ class _Prepare(beam.DoFn):
             return
         for name, step in self._steps:
             try:
-                features = step(features)
+                features = _numeric_array(step(features))
             except Exception as e:  # noqa: BLE001
                 yield self._failure("preprocess", name, e, row, key_text, model.id)
                 return
@@ -320,12 +322,26 @@ def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
     return np.concatenate([np.ravel(v) for v in values])
 
 
+def _numeric_array(value: Any) -> np.ndarray:
+    """A step's result as an array of numbers, or an error saying what it returned instead."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"the step returned {type(value).__name__} values of kind {array.dtype}, not numbers")
+    return array
+
+
 # --- Stage 2: RunInference, with failure isolation ----------------------------------------------
 
 
 def _split_preprocess(spec: InferenceSpec) -> tuple[list, list]:
-    """Preprocess steps run per element up to the last one that cannot run on a whole batch."""
+    """Preprocess steps run per element up to the last one that cannot run on a whole batch.
+
+    With padding, every step runs per element, so that padding is the last thing before the
+    model and the model sees ``pad_value`` itself.
+    """
     resolved = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess]
+    if spec.variable_length == "pad":
+        return resolved, []
     cut = max((i + 1 for i, (_, d, _) in enumerate(resolved) if not d.batched), default=0)
     return resolved[:cut], resolved[cut:]
 
@@ -345,6 +361,13 @@ def _build(stage: str, resolved: Sequence[tuple[str, Any, dict]], batch: bool = 
     ]
 
 
+# The last file of each model that loaded in this process. Beam shares loaded models between
+# copies of a handler, so the copy that meets a broken update may never have loaded the model
+# now serving; this is what it falls back to.
+_last_good_uris: dict[str, str] = {}
+_last_good_lock = threading.Lock()
+
+
 class _IsolatingHandler(ModelHandler):
     """Wraps a framework handler so that failures are per example, never per batch.
 
@@ -359,9 +382,9 @@ class _IsolatingHandler(ModelHandler):
         self._inner = models.handler_for(model, policy)
         self._model_id = model.id
         self._uri = model.uri
-        # Beam may hand this handler a model another copy loaded (shared per process), so the
-        # configured model counts as the last good one until an update loads.
-        self._last_good_uri = model.uri
+        self._configured_uri = model.uri
+        # Names this model of this pipeline: every copy of the handler carries the same token.
+        self._token = uuid.uuid4().hex
         self._variable_length = spec.variable_length
         self._pad_value = spec.pad_value
         self._namespace = spec.metrics_namespace
@@ -396,17 +419,20 @@ class _IsolatingHandler(ModelHandler):
         try:
             loaded = self._inner.load_model()
         except Exception as e:
-            if self._last_good_uri == self._uri:
+            with _last_good_lock:
+                fallback = _last_good_uris.get(self._token, self._configured_uri)
+            if fallback == self._uri:
                 raise
             _LOGGER.error(
                 "Model %r: loading the update %s failed (%s: %s); keeping %s",
-                self._model_id, self._uri, type(e).__name__, e, self._last_good_uri,
+                self._model_id, self._uri, type(e).__name__, e, fallback,
             )
             Metrics.counter(self._namespace, "model_reload_failures").inc()
-            self._uri = self._last_good_uri
-            self._inner.update_model_path(self._uri)
+            self._uri = fallback
+            self._inner.update_model_path(fallback)
             return self._inner.load_model()
-        self._last_good_uri = self._uri
+        with _last_good_lock:
+            _last_good_uris[self._token] = self._uri
         return loaded
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
@@ -447,7 +473,9 @@ class _IsolatingHandler(ModelHandler):
         arrays = [batch[i].features for i in idx]
         try:
             model_inputs, outputs = self._call(arrays, model, inference_args)
-        except _StageError as e:
+        except Exception as e:  # noqa: BLE001 - every failure is isolated, whatever raised it
+            if not isinstance(e, _StageError):
+                e = _StageError("inference", None, e)
             if len(idx) == 1:
                 results[idx[0]] = _Failed(e.stage, e.step, e.error)
                 inputs[idx[0]] = arrays[0]
@@ -461,38 +489,33 @@ class _IsolatingHandler(ModelHandler):
             inputs[i], results[i] = x, y
 
     def _call(self, arrays, model, inference_args):
-        if self._variable_length == "pad":
-            longest = max(a.shape[-1] for a in arrays)
-            arrays = [
-                np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, longest - a.shape[-1])], constant_values=self._pad_value)
-                for a in arrays
-            ]
-        x = np.stack(arrays)
+        """Batch steps and the model on one group; raises _StageError naming what failed."""
+        try:
+            if self._variable_length == "pad":
+                longest = max(a.shape[-1] for a in arrays)
+                arrays = [
+                    np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, longest - a.shape[-1])], constant_values=self._pad_value)
+                    for a in arrays
+                ]
+            x = np.stack(arrays)
+        except Exception as e:  # noqa: BLE001
+            raise _StageError("preprocess", None, e) from e
         for name, step in self._pre:
             try:
-                x = step(x)
+                x = _same_length(step(x), len(arrays))
             except Exception as e:  # noqa: BLE001
                 raise _StageError("preprocess", name, e) from e
         model_inputs = list(x)
         try:
-            predictions = list(self._inner.run_inference(model_inputs, model, inference_args))
+            predictions = _same_length(list(self._inner.run_inference(model_inputs, model, inference_args)), len(arrays))
         except Exception as e:  # noqa: BLE001
             raise _StageError("inference", None, e) from e
-        if len(predictions) != len(model_inputs):
-            raise _StageError(
-                "inference",
-                None,
-                ValueError(f"the model gave {len(predictions)} results for {len(model_inputs)} examples"),
-            )
         outputs = [p.inference for p in predictions]
-        if self._post:
-            y = np.stack([np.asarray(o) for o in outputs])
-            for name, step in self._post:
-                try:
-                    y = step(y)
-                except Exception as e:  # noqa: BLE001
-                    raise _StageError("postprocess", name, e) from e
-            outputs = list(y)
+        for name, step in self._post:
+            try:
+                outputs = list(_same_length(step(np.stack([np.asarray(o) for o in outputs])), len(arrays)))
+            except Exception as e:  # noqa: BLE001
+                raise _StageError("postprocess", name, e) from e
         return model_inputs, outputs
 
     # Delegation to the framework handler.
@@ -510,6 +533,18 @@ class _IsolatingHandler(ModelHandler):
 
     def get_metrics_namespace(self) -> str:
         return self._namespace
+
+
+def _same_length(values: Any, expected: int) -> Any:
+    """A batch result must have one entry per example, in order; anything else is an error."""
+    try:
+        size = len(values)
+    except TypeError:  # a scalar, or a 0-d array
+        size = None
+    if size != expected:
+        given = "a scalar" if size is None else f"{size} results"
+        raise ValueError(f"gave {given} for a batch of {expected} examples")
+    return values
 
 
 class _StageError(Exception):
@@ -716,7 +751,10 @@ def _describe_element(row: Any) -> str:
             return value.hex()
         return repr(value)
 
-    return json.dumps(dict(as_dict()), default=plain, allow_nan=True)
+    try:
+        return json.dumps(dict(as_dict()), default=plain, allow_nan=True)
+    except (TypeError, ValueError):  # e.g. a map with bytes keys
+        return repr(row)
 
 
 # --- Construction-time checks -------------------------------------------------------------------
@@ -751,8 +789,9 @@ def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, li
 
 
 def _non_null(field_type: Any) -> Any:
-    from apache_beam.typehints import typehints
+    from apache_beam.typehints import native_type_compatibility, typehints
 
+    field_type = native_type_compatibility.convert_to_beam_type(field_type)
     if typehints.is_nullable(field_type):
         return typehints.get_concrete_type_from_nullable(field_type)
     return field_type
