@@ -530,3 +530,11 @@ def test_a_broken_entry_point_fails_only_its_own_lookup(install):
                        r"'missing', 'wrong'$"):
         steps.lookup(PRE, "blur")
     assert [d.name for d in steps.catalog()][len(TABLE):] == ["clip"]
+
+
+def test_catalog_matches_the_golden_file_java_reads():
+    import json
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parents[2] / "tests" / "golden" / "steps_v1.json"
+    assert json.loads(golden.read_text()) == steps.catalog_description()

@@ -639,6 +639,25 @@ def catalog() -> list[StepDefinition]:
     return [*_BUILTINS.values(), *sorted(user.values(), key=lambda d: d.name)]
 
 
+def catalog_description() -> list[dict[str, Any]]:
+    """The built-in steps as plain data: the form of ``tests/golden/steps_v1.json``, which the
+    Java builders read to check step parameters and to type the ``inference`` field."""
+    return [
+        {
+            "name": d.name,
+            "stage": d.stage,
+            "params": [
+                {"name": p.name, "kind": p.kind, "required": p.required, "default": p.default, "choices": list(p.choices)}
+                for p in d.params
+            ],
+            "accepts": list(d.accepts),
+            "produces": d.produces,
+            "batched": d.batched,
+        }
+        for d in _BUILTINS.values()
+    ]
+
+
 def _describe_params(definition: StepDefinition) -> str:
     described = []
     for p in definition.params:
