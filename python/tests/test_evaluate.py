@@ -436,3 +436,9 @@ def test_the_expansion_service_serves_evaluate(service):
     rows = p | beam.Create(hand_made_rows())
     with pytest.raises(RuntimeError, match="label_field='truth' is not a field of the input schema; available fields: label, inference, model_id"):
         rows | ExternalTransform(bad_urn, bad_payload.SerializeToString(), service)
+
+
+def test_output_schema_matches_the_golden_description_shared_with_java():
+    golden = GOLDEN.with_name("evaluate_v1_output.schema")
+    lines = [line for line in golden.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert output_schema_description() == lines
