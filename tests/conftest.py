@@ -24,3 +24,24 @@ def digits_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     subprocess.run([sys.executable, str(ROOT / "examples/digits/train_model.py"), str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_examples_dir(digits_dir):
+    """digits_dir plus the models of the Java examples, trained by examples/digits/train_examples.py."""
+    subprocess.run([sys.executable, str(ROOT / "examples/digits/train_examples.py"), str(digits_dir)], check=True)
+    return digits_dir
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory, digits_dir):
+    """The expansion and job services for the Java pipelines, as environment variables.
+
+    Pickled and TorchScript models run code when loaded: the service loads them only from
+    trusted roots, here the trained models and the tests' temporary folders.
+    """
+    from inferbridge.local_services import local_services
+
+    trusted = [digits_dir, tmp_path_factory.getbasetemp()]
+    with local_services(service_args=[f"--trusted-model-root={root}" for root in trusted]) as env:
+        yield env

@@ -16,7 +16,6 @@ import joblib
 import numpy as np
 import pytest
 
-from inferbridge.local_services import local_services
 
 MAIN_CLASS = "dev.inferbridge.examples.DigitsClassification"
 TIMEOUT_SECS = 300
@@ -33,14 +32,6 @@ def sklearn_predictions(digits_dir, model):
 def read_predictions(path):
     with open(path) as f:
         return {int(k): int(v) for k, v in (line.strip().split(",") for line in f if line.strip())}
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory, digits_dir):
-    # Pickled models run code when loaded: the service loads them only from trusted roots.
-    trusted = [digits_dir, tmp_path_factory.getbasetemp()]
-    with local_services(service_args=[f"--trusted-model-root={root}" for root in trusted]) as env:
-        yield env
 
 
 def run_java(classpath, env, *args):

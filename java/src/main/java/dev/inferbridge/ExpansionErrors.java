@@ -7,12 +7,17 @@ final class ExpansionErrors {
   private ExpansionErrors() {}
 
   static RuntimeException explain(String endpoint, RuntimeException error) {
+    return explain("Inference", endpoint, error);
+  }
+
+  /** {@code error} of {@code transform}'s expansion, explained. */
+  static RuntimeException explain(String transform, String endpoint, RuntimeException error) {
     for (Throwable t = error; t != null; t = t.getCause()) {
       String message = String.valueOf(t.getMessage());
       if (t.getClass().getSimpleName().equals("StatusRuntimeException")
           && message.startsWith("UNAVAILABLE")) {
         return new IllegalStateException(
-            "Inference: the InferBridge expansion service at " + endpoint + " is not reachable ("
+            transform + ": the InferBridge expansion service at " + endpoint + " is not reachable ("
                 + message + "). Start it with `inferbridge-expansion-service --port "
                 + endpoint.substring(endpoint.lastIndexOf(':') + 1)
                 + "`, or run the pipeline under `inferbridge-local -- <command>`, and pass its "
@@ -27,7 +32,7 @@ final class ExpansionErrors {
     }
     String detail = message.substring(prefix + SERVICE_ERROR_PREFIX.length()).trim();
     return new IllegalArgumentException(
-        "Inference: the expansion service at " + endpoint + " rejected the configuration: "
+        transform + ": the expansion service at " + endpoint + " rejected the configuration: "
             + lastLine(detail) + "\n\nExpansion service response:\n" + detail,
         error);
   }

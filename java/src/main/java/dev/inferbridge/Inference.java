@@ -4,46 +4,63 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.EnumSet;
+import java.util.HashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
+import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.schemas.Schema.TypeName;
 import org.apache.beam.sdk.transforms.PTransform;
+import org.apache.beam.sdk.transforms.resourcehints.ResourceHints;
+import org.apache.beam.sdk.util.construction.ExpansionServiceClientFactory;
 import org.apache.beam.sdk.util.construction.External;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.PCollectionTuple;
+import org.apache.beam.sdk.values.PInput;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TupleTag;
+import org.joda.time.Duration;
 
 /**
- * Runs a model on schema'd Rows through InferBridge's Python inference composite.
+ * Runs one model, or many keyed models, on schema'd Rows through InferBridge's Python inference
+ * composite.
  *
- * <p>Each input Row gives a key ({@link #withKeyField}) and an array of numbers
- * ({@link #withFeatureField}). The features go through the preprocessing steps in order, then
- * Beam's Python RunInference with the model, then the postprocessing steps in order. Every input
- * Row gives exactly one output Row in the {@link InferenceResult}: an inference, or a failure.
+ * <p>Each input Row gives a key ({@link #withKeyField}) and features ({@link #withFeatureField}:
+ * an array of numbers, or several numeric fields). The key's string form picks the model ({@link
+ * Model#withKeys}); the features go through the preprocessing steps in order, then Beam's Python
+ * RunInference with that model, then the postprocessing steps in order. Every input Row gives
+ * exactly one output Row in the {@link InferenceResult}: an inference, or a failure.
  *
  * <p>{@link InferenceResult#getInferences()} has the schema {@link #outputSchema(Schema)}:
  *
  * <ul>
  *   <li>{@code key}: the input key (STRING, or INT64 for integer keys);
  *   <li>{@code example}: the model input after preprocessing (ARRAY&lt;DOUBLE&gt;);
- *   <li>{@code inference}: the result, typed by the last step (e.g. INT64 after {@link
- *       Step#argmax()}, STRING after {@link Step#labels});
- *   <li>{@code model_id}: the model that made the inference.
+ *   <li>{@code inference}: the result, typed by the model output and the last step ({@link
+ *       InferenceKind}: e.g. INT64 after {@link Step#argmax()}, STRING after {@link Step#labels},
+ *       MAP&lt;STRING, DOUBLE&gt; after {@link Step#topK});
+ *   <li>{@code model_id}: the model that made the inference;
+ *   <li>then the {@link #withPassthroughFields passthrough fields}, with their input types.
  * </ul>
  *
  * <p>{@link InferenceResult#getFailures()} has the schema {@link #FAILURE_SCHEMA}: the input Rows
- * that could not be read, preprocessed, inferred or postprocessed, with the stage and the error.
+ * that could not be read, routed, preprocessed, inferred or postprocessed, with the stage and the
+ * error.
  *
  * <pre>{@code
  * InferenceResult result = rows.apply(
- *     Inference.of(SklearnModel.pickle("/models/digits.pkl").withOutput(ModelOutput.PREDICT_PROBA))
- *         .withKeyField("id")
+ *     Inference.of(
+ *             SklearnModel.pickle("/models/a.pkl").withOutput(ModelOutput.PREDICT_PROBA).withModelId("a").withKeys("a"),
+ *             OnnxModel.of("/models/b.onnx").withModelId("b")) // serves every other key
+ *         .withKeyField("variant")
  *         .withFeatureField("pixels")
+ *         .withPassthroughFields("id", "label")
  *         .withPreprocess(Step.scale(1.0 / 16))
- *         .withPostprocess(Step.argmax())
+ *         .withPostprocess(Step.argmax(), Step.labels("zero", "one", "two"))
+ *         .withBatchSize(8, 64)
  *         .withExpansionService("localhost:8097"));
  * PCollection<Row> predictions = result.getInferences();
  * PCollection<Row> failures = result.getFailures();
@@ -52,6 +69,9 @@ import org.apache.beam.sdk.values.TupleTag;
  * <p>The pipeline needs a portable runner and a running {@code inferbridge-expansion-service};
  * {@code inferbridge-local -- <command>} starts both services for local runs. Without {@link
  * #withExpansionService}, the address is read from {@value #EXPANSION_SERVICE_ENV}.
+ *
+ * <p>Every {@code withX} method returns a new transform and checks its argument at once; settings
+ * that depend on the input schema are checked when the transform is applied.
  */
 public final class Inference extends PTransform<PCollection<Row>, InferenceResult> {
   private static final long serialVersionUID = 1L;
@@ -85,63 +105,410 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
           .addNullableField("model_id", FieldType.STRING)
           .build();
 
+  /** The input tag of the Rows when model updates are a second input of the composite. */
+  static final TupleTag<Row> ROWS_TAG = new TupleTag<>("rows");
+
+  /** The input tag of the model updates; the Python composite expects these two tags. */
+  static final TupleTag<Row> MODEL_UPDATES_TAG = new TupleTag<>("model_updates");
+
+  /** The fields every inference Row starts with; passthrough fields may not reuse them. */
+  static final List<String> OUTPUT_FIELDS =
+      Collections.unmodifiableList(Arrays.asList("key", "example", "inference", "model_id"));
+
+  static final double DEFAULT_WATCH_INTERVAL_SECS = 360.0;
+  static final String DEFAULT_METRICS_NAMESPACE = "InferBridge";
+
   private static final Set<TypeName> KEY_TYPES =
       EnumSet.of(TypeName.STRING, TypeName.INT64, TypeName.INT32, TypeName.INT16, TypeName.BYTE);
 
-  private final Model model;
+  private final List<Model> models;
   private final String keyField;
-  private final String featureField;
+  private final List<String> featureFields;
+  private final String featureMethod;
+  private final List<String> passthroughFields;
   private final List<Step> preprocess;
   private final List<Step> postprocess;
+  private final Long minBatchSize;
+  private final Long maxBatchSize;
+  private final Duration maxBatchDuration;
+  private final VariableLength variableLength;
+  private final double padValue;
+  private final Long maxModelsPerWorker;
+  private final Duration watchInterval;
+  private final String minRam;
+  private final String accelerator;
+  private final String metricsNamespace;
+  private final transient PCollection<Row> modelUpdates;
   private final String expansionService;
+  private final transient ExpansionServiceClientFactory expansionClient;
 
-  private Inference(
-      Model model,
-      String keyField,
-      String featureField,
-      List<Step> preprocess,
-      List<Step> postprocess,
-      String expansionService) {
-    this.model = model;
-    this.keyField = keyField;
-    this.featureField = featureField;
-    this.preprocess = preprocess;
-    this.postprocess = postprocess;
-    this.expansionService = expansionService;
+  private Inference(Builder b) {
+    this.models = b.models;
+    this.keyField = b.keyField;
+    this.featureFields = b.featureFields;
+    this.featureMethod = b.featureMethod;
+    this.passthroughFields = b.passthroughFields;
+    this.preprocess = b.preprocess;
+    this.postprocess = b.postprocess;
+    this.minBatchSize = b.minBatchSize;
+    this.maxBatchSize = b.maxBatchSize;
+    this.maxBatchDuration = b.maxBatchDuration;
+    this.variableLength = b.variableLength;
+    this.padValue = b.padValue;
+    this.maxModelsPerWorker = b.maxModelsPerWorker;
+    this.watchInterval = b.watchInterval;
+    this.minRam = b.minRam;
+    this.accelerator = b.accelerator;
+    this.metricsNamespace = b.metricsNamespace;
+    this.modelUpdates = b.modelUpdates;
+    this.expansionService = b.expansionService;
+    this.expansionClient = b.expansionClient;
   }
 
-  /** Inference with {@code model}; set at least the key and feature fields. */
-  public static Inference of(Model model) {
-    if (model == null) {
-      throw new IllegalArgumentException(
-          "Inference.of(): model must not be null; create one with e.g. SklearnModel.pickle(uri)");
+  /** The settings of an {@link Inference} while one is derived from another. */
+  private static final class Builder {
+    List<Model> models;
+    String keyField;
+    List<String> featureFields;
+    String featureMethod;
+    List<String> passthroughFields = Collections.emptyList();
+    List<Step> preprocess = Collections.emptyList();
+    List<Step> postprocess = Collections.emptyList();
+    Long minBatchSize;
+    Long maxBatchSize;
+    Duration maxBatchDuration;
+    VariableLength variableLength = VariableLength.BUCKET;
+    double padValue = 0.0;
+    Long maxModelsPerWorker;
+    Duration watchInterval;
+    String minRam;
+    String accelerator;
+    String metricsNamespace = DEFAULT_METRICS_NAMESPACE;
+    PCollection<Row> modelUpdates;
+    String expansionService;
+    ExpansionServiceClientFactory expansionClient;
+
+    Inference build() {
+      return new Inference(this);
     }
-    return new Inference(
-        model, null, null, Collections.emptyList(), Collections.emptyList(), null);
   }
 
-  /** The input field whose value keys each inference. Required. */
+  private Builder toBuilder() {
+    Builder b = new Builder();
+    b.models = models;
+    b.keyField = keyField;
+    b.featureFields = featureFields;
+    b.featureMethod = featureMethod;
+    b.passthroughFields = passthroughFields;
+    b.preprocess = preprocess;
+    b.postprocess = postprocess;
+    b.minBatchSize = minBatchSize;
+    b.maxBatchSize = maxBatchSize;
+    b.maxBatchDuration = maxBatchDuration;
+    b.variableLength = variableLength;
+    b.padValue = padValue;
+    b.maxModelsPerWorker = maxModelsPerWorker;
+    b.watchInterval = watchInterval;
+    b.minRam = minRam;
+    b.accelerator = accelerator;
+    b.metricsNamespace = metricsNamespace;
+    b.modelUpdates = modelUpdates;
+    b.expansionService = expansionService;
+    b.expansionClient = expansionClient;
+    return b;
+  }
+
+  /** Inference with one model, which serves every key unless it has {@link Model#withKeys keys}. */
+  public static Inference of(Model model) {
+    return of(Collections.singletonList(model));
+  }
+
+  /**
+   * Inference with several models, each serving the keys it {@link Model#withKeys lists}; at most
+   * one model lists no keys and serves every other key (without one, an unmapped key is a failure
+   * of stage {@code routing}). The models need distinct ids ({@link Model#withModelId}; the URI by
+   * default) and must give the same kind of output, so that the output schema is fixed.
+   */
+  public static Inference of(Model... models) {
+    if (models == null) {
+      throw new IllegalArgumentException("Inference.of(): models must not be null");
+    }
+    return of(Arrays.asList(models));
+  }
+
+  /** Inference with the {@code models} of the list; see {@link #of(Model...)}. */
+  public static Inference of(List<? extends Model> models) {
+    Builder b = new Builder();
+    b.models = checkModels(models);
+    return b.build();
+  }
+
+  private static List<Model> checkModels(List<? extends Model> models) {
+    if (models == null || models.isEmpty()) {
+      throw new IllegalArgumentException(
+          "Inference.of(): give at least one model, e.g. SklearnModel.pickle(uri)");
+    }
+    Map<String, Integer> ids = new HashMap<>();
+    Map<String, Integer> owners = new HashMap<>();
+    List<Integer> defaults = new ArrayList<>();
+    for (int i = 0; i < models.size(); i++) {
+      Model model = models.get(i);
+      if (model == null) {
+        throw new IllegalArgumentException(
+            "Inference.of(): models[" + i + "] is null; create models with e.g. SklearnModel.pickle(uri)");
+      }
+      Integer used = ids.put(model.id(), i);
+      if (used != null) {
+        throw new IllegalArgumentException(
+            "Inference.of(): models[" + i + "] has the model id \"" + model.id() + "\", already used by models["
+                + used + "]; give each model a distinct id with withModelId()");
+      }
+      if (model.getKeys().isEmpty()) {
+        defaults.add(i);
+      }
+      for (String key : model.getKeys()) {
+        Integer owner = owners.put(key, i);
+        if (owner != null) {
+          throw new IllegalArgumentException(
+              "Inference.of(): key \"" + key + "\" is served by models[" + owner + "] and models[" + i
+                  + "]; each key may be served by one model only");
+        }
+      }
+    }
+    if (defaults.size() > 1) {
+      throw new IllegalArgumentException(
+          "Inference.of(): models " + defaults + " have no keys, so each would be the default model; "
+              + "give all but one of them keys with withKeys() (the one without keys serves every "
+              + "unmapped key)");
+    }
+    InferenceKind kind = models.get(0).getOutput().kind();
+    for (Model model : models) {
+      if (model.getOutput().kind() != kind) {
+        List<String> described = new ArrayList<>();
+        for (int i = 0; i < models.size(); i++) {
+          ModelOutput output = models.get(i).getOutput();
+          described.add("models[" + i + "] gives a " + output.kind().wireName() + " (" + output + ")");
+        }
+        throw new IllegalArgumentException(
+            "Inference.of(): all models must give the same kind of output so the output schema is "
+                + "fixed: " + String.join(", ", described) + "; choose outputs of one kind with withOutput()");
+      }
+    }
+    return Collections.unmodifiableList(new ArrayList<Model>(models));
+  }
+
+  /** The input field whose value keys each inference and picks its model: a string or integer field. Required. */
   public Inference withKeyField(String keyField) {
-    return new Inference(
-        model, requireName("withKeyField", keyField), featureField, preprocess, postprocess, expansionService);
+    Builder b = toBuilder();
+    b.keyField = requireName("withKeyField()", keyField);
+    return b.build();
   }
 
-  /** The input field holding the features: an array of numbers. Required. */
+  /** The input field holding the features: an array of numbers (or a numeric field). Required, or {@link #withFeatureFields}. */
   public Inference withFeatureField(String featureField) {
-    return new Inference(
-        model, keyField, requireName("withFeatureField", featureField), preprocess, postprocess, expansionService);
+    Builder b = toBuilder();
+    b.featureFields = Collections.singletonList(requireName("withFeatureField()", featureField));
+    b.featureMethod = "withFeatureField";
+    return b.build();
   }
 
-  /** Steps applied to the features before the model, in the order given. */
+  /**
+   * The input fields holding the features, concatenated in this order: numeric fields or arrays
+   * of numbers. Replaces {@link #withFeatureField}.
+   */
+  public Inference withFeatureFields(String... featureFields) {
+    Builder b = toBuilder();
+    b.featureFields = names("withFeatureFields()", featureFields, false);
+    if (b.featureFields.isEmpty()) {
+      throw new IllegalArgumentException("withFeatureFields(): name at least one input field");
+    }
+    b.featureMethod = "withFeatureFields";
+    return b.build();
+  }
+
+  /**
+   * Input fields copied to each inference Row after {@code model_id}, with their input types
+   * (e.g. an id or a label to evaluate against). They may not be named {@code key}, {@code
+   * example}, {@code inference} or {@code model_id}.
+   */
+  public Inference withPassthroughFields(String... fields) {
+    Builder b = toBuilder();
+    b.passthroughFields = names("withPassthroughFields()", fields, true);
+    for (String field : b.passthroughFields) {
+      if (OUTPUT_FIELDS.contains(field)) {
+        throw new IllegalArgumentException(
+            "withPassthroughFields(): \"" + field + "\" clashes with an output field; output fields are "
+                + String.join(", ", OUTPUT_FIELDS));
+      }
+    }
+    return b.build();
+  }
+
+  /** Steps applied to the features before the model, in the order given; replaces earlier ones. */
   public Inference withPreprocess(Step... steps) {
-    return new Inference(model, keyField, featureField, steps("withPreprocess", steps), postprocess, expansionService);
+    List<Step> checked = Step.list("withPreprocess()", steps);
+    StepCatalog.checkStage("withPreprocess()", StepCatalog.PREPROCESS, checked);
+    Builder b = toBuilder();
+    b.preprocess = checked;
+    return b.build();
   }
 
-  /** Steps applied to the model's output, in the order given. */
+  /**
+   * Steps applied to the model's result, in the order given; replaces earlier ones. Each step
+   * must take the kind of value it receives (e.g. {@link Step#argmax()} a vector), and the last
+   * one types the inference.
+   */
   public Inference withPostprocess(Step... steps) {
-    List<Step> checked = steps("withPostprocess", steps);
-    InferenceKind.after(model.getOutput(), checked);
-    return new Inference(model, keyField, featureField, preprocess, checked, expansionService);
+    List<Step> checked = Step.list("withPostprocess()", steps);
+    StepCatalog.checkStage("withPostprocess()", StepCatalog.POSTPROCESS, checked);
+    StepCatalog.kindAfter(models.get(0).getOutput(), checked);
+    Builder b = toBuilder();
+    b.postprocess = checked;
+    return b.build();
+  }
+
+  /** The smallest and largest number of examples per model call (Beam's {@code BatchElements}). */
+  public Inference withBatchSize(int minSize, int maxSize) {
+    if (minSize < 1 || maxSize < 1) {
+      throw new IllegalArgumentException(
+          "withBatchSize(" + minSize + ", " + maxSize + "): sizes must be positive integers");
+    }
+    if (minSize > maxSize) {
+      throw new IllegalArgumentException(
+          "withBatchSize(" + minSize + ", " + maxSize + "): minSize is larger than maxSize; make "
+              + "minSize <= maxSize");
+    }
+    Builder b = toBuilder();
+    b.minBatchSize = (long) minSize;
+    b.maxBatchSize = (long) maxSize;
+    return b.build();
+  }
+
+  /**
+   * The longest a batch waits to fill up; switches to Beam's stateful batching, for streaming
+   * pipelines.
+   */
+  public Inference withMaxBatchDuration(Duration duration) {
+    Builder b = toBuilder();
+    b.maxBatchDuration = requirePositive("withMaxBatchDuration()", duration);
+    return b.build();
+  }
+
+  /**
+   * How examples of different shapes in a batch reach the model: {@link VariableLength#BUCKET}
+   * (the default: one model call per shape) or {@link VariableLength#PAD} (padded with 0 to the
+   * longest).
+   */
+  public Inference withVariableLength(VariableLength mode) {
+    if (mode == null) {
+      throw new IllegalArgumentException(
+          "withVariableLength(): mode must not be null; allowed: " + Model.names(Arrays.asList(VariableLength.values())));
+    }
+    Builder b = toBuilder();
+    b.variableLength = mode;
+    b.padValue = 0.0;
+    return b.build();
+  }
+
+  /** {@link VariableLength#PAD} with {@code padValue}: pads the last axis to the longest in the batch. */
+  public Inference withVariableLength(VariableLength mode, double padValue) {
+    if (mode == null) {
+      return withVariableLength(null);
+    }
+    if (mode != VariableLength.PAD) {
+      throw new IllegalArgumentException(
+          "withVariableLength(" + mode + ", " + padValue + "): a pad value is only for PAD; use "
+              + "withVariableLength(" + mode + ")");
+    }
+    if (Double.isNaN(padValue) || Double.isInfinite(padValue)) {
+      throw new IllegalArgumentException(
+          "withVariableLength(PAD, " + padValue + "): padValue must be a finite number");
+    }
+    Builder b = toBuilder();
+    b.variableLength = mode;
+    b.padValue = padValue;
+    return b.build();
+  }
+
+  /**
+   * At most {@code count} models stay loaded per model manager (Beam's {@code
+   * max_models_per_worker_hint}); the real bound is {@code count} times the number of DoFn
+   * instances per worker.
+   */
+  public Inference withMaxModelsPerWorker(int count) {
+    if (count < 1) {
+      throw new IllegalArgumentException(
+          "withMaxModelsPerWorker(" + count + "): count must be a positive integer");
+    }
+    Builder b = toBuilder();
+    b.maxModelsPerWorker = (long) count;
+    return b.build();
+  }
+
+  /** The Beam resource hint {@code min_ram} of the inference step, e.g. {@code 4GB} or {@code 512MiB}. */
+  public Inference withMinRam(String minRam) {
+    try {
+      ResourceHints.create().withMinRam(minRam);
+    } catch (RuntimeException e) {
+      throw new IllegalArgumentException(
+          "withMinRam(" + Model.quote(minRam) + "): not a memory size (" + e.getMessage()
+              + "); use e.g. \"4GB\" or \"512MiB\"",
+          e);
+    }
+    Builder b = toBuilder();
+    b.minRam = minRam;
+    return b.build();
+  }
+
+  /** The Beam resource hint {@code accelerator}, e.g. {@code type:nvidia-tesla-t4;count:1}. */
+  public Inference withAccelerator(String accelerator) {
+    Builder b = toBuilder();
+    b.accelerator = requireName("withAccelerator()", accelerator);
+    return b.build();
+  }
+
+  /** The namespace of the composite's metrics; default {@value #DEFAULT_METRICS_NAMESPACE}. */
+  public Inference withMetricsNamespace(String namespace) {
+    Builder b = toBuilder();
+    b.metricsNamespace = requireName("withMetricsNamespace()", namespace);
+    return b.build();
+  }
+
+  /** How often each model's {@link Model#withWatchPattern watch pattern} is checked; default 360 s. */
+  public Inference withWatchInterval(Duration interval) {
+    Builder b = toBuilder();
+    b.watchInterval = requirePositive("withWatchInterval()", interval);
+    return b.build();
+  }
+
+  /**
+   * Model updates: Rows with STRING fields {@code model_id} and {@code uri}; each replaces the
+   * file of the model with that id while the pipeline runs (streaming). An update that does not
+   * load is logged and counted, and the previous model keeps serving. The updates go to the
+   * composite as a second input, tagged {@code model_updates}.
+   *
+   * <pre>{@code
+   * PCollection<Row> updates = ...; // e.g. from Pub/Sub, with schema {model_id: STRING, uri: STRING}
+   * rows.apply(Inference.of(model.withModelId("digits")).withModelUpdates(updates)...);
+   * }</pre>
+   */
+  public Inference withModelUpdates(PCollection<Row> updates) {
+    if (updates == null) {
+      throw new IllegalArgumentException("withModelUpdates(): updates must not be null");
+    }
+    Schema schema = updates.hasSchema() ? updates.getSchema() : null;
+    for (String field : Arrays.asList("model_id", "uri")) {
+      if (schema == null || !schema.hasField(field)
+          || schema.getField(field).getType().getTypeName() != TypeName.STRING) {
+        throw new IllegalArgumentException(
+            "withModelUpdates(): the updates must be Rows with the STRING fields model_id and uri; "
+                + "got " + (schema == null ? "a PCollection without a schema" : "Rows with the fields "
+                + describeFields(schema)));
+      }
+    }
+    Builder b = toBuilder();
+    b.modelUpdates = updates;
+    return b.build();
   }
 
   /** The {@code host:port} of a running InferBridge expansion service. */
@@ -150,60 +517,91 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withExpansionService(): expected host:port, e.g. localhost:8097, got " + hostPort);
     }
-    return new Inference(model, keyField, featureField, preprocess, postprocess, hostPort);
+    Builder b = toBuilder();
+    b.expansionService = hostPort;
+    return b.build();
   }
 
-  /** The schema of the inference Rows for input Rows of {@code inputSchema}. */
+  /** Expands through {@code client} instead of a gRPC connection; for tests. */
+  Inference withExpansionClient(ExpansionServiceClientFactory client) {
+    Builder b = toBuilder();
+    b.expansionClient = client;
+    return b.build();
+  }
+
+  /**
+   * The schema of the inference Rows for input Rows of {@code inputSchema}; fails as {@link
+   * #expand} does when the settings do not fit the input.
+   */
   public Schema outputSchema(Schema inputSchema) {
+    checkRequired();
+    checkInput(inputSchema);
     FieldType keyType =
         inputSchema.getField(keyField).getType().getTypeName() == TypeName.STRING
             ? FieldType.STRING
             : FieldType.INT64;
-    return Schema.builder()
-        .addField("key", keyType)
-        .addArrayField("example", FieldType.DOUBLE)
-        .addField("inference", InferenceKind.after(model.getOutput(), postprocess).fieldType())
-        .addStringField("model_id")
-        .build();
+    Schema.Builder schema =
+        Schema.builder()
+            .addField("key", keyType)
+            .addArrayField("example", FieldType.DOUBLE)
+            .addField("inference", inferenceKind().fieldType())
+            .addStringField("model_id");
+    for (String field : passthroughFields) {
+      schema.addField(field, inputSchema.getField(field).getType());
+    }
+    return schema.build();
   }
 
   @Override
   public InferenceResult expand(PCollection<Row> input) {
-    if (keyField == null) {
-      throw new IllegalStateException("Inference: withKeyField() is required");
-    }
-    if (featureField == null) {
-      throw new IllegalStateException("Inference: withFeatureField() is required");
-    }
+    checkRequired();
     if (!input.hasSchema()) {
       throw new IllegalArgumentException(
           "Inference: the input PCollection has no schema; give it one, e.g. with setRowSchema()");
     }
     Schema schema = input.getSchema();
-    checkField(schema, "withKeyField", keyField, KEY_TYPES, "a string or integer field");
-    checkFeatureField(schema);
+    Schema expected = outputSchema(schema);
+    if (modelUpdates != null && modelUpdates.getPipeline() != input.getPipeline()) {
+      throw new IllegalArgumentException(
+          "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
+    }
     String endpoint = resolveExpansionService();
-
-    Row config = InferenceConfig.toRow(model, keyField, featureField, preprocess, postprocess);
+    byte[] payload = InferenceConfig.payload(InferenceConfig.toRow(this));
+    External.SingleOutputExpandableTransform<PInput, Row> external =
+        expansionClient == null
+            ? External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint)
+            : External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint, expansionClient);
     PCollectionTuple outputs;
     try {
-      outputs =
-          input.apply(
-              "RunInference",
-              External.<PCollection<Row>, Row>of(
-                      InferenceConfig.RUN_INFERENCE_URN, InferenceConfig.payload(config), endpoint)
-                  .withMultiOutputs());
+      outputs = Pipeline.applyTransform("RunInference", externalInput(input), external.withMultiOutputs());
     } catch (RuntimeException e) {
       throw ExpansionErrors.explain(endpoint, e);
     }
     return new InferenceResult(
         input.getPipeline(),
-        checkedOutput(outputs, InferenceResult.INFERENCES, outputSchema(schema), endpoint),
+        checkedOutput(outputs, InferenceResult.INFERENCES, expected, endpoint),
         checkedOutput(outputs, InferenceResult.FAILURES, FAILURE_SCHEMA, endpoint));
   }
 
+  /**
+   * The input of the composite: the Rows alone, or, with model updates, the Rows and the updates
+   * tagged {@code rows} and {@code model_updates} (External turns these tags into the input
+   * names of the expansion request, which the Python composite reads).
+   */
+  PInput externalInput(PCollection<Row> rows) {
+    if (modelUpdates == null) {
+      return rows;
+    }
+    return PCollectionTuple.of(ROWS_TAG, rows).and(MODEL_UPDATES_TAG, modelUpdates);
+  }
+
+  /** The kind of the inference after the models and the postprocessing. */
+  InferenceKind inferenceKind() {
+    return StepCatalog.kindAfter(models.get(0).getOutput(), postprocess);
+  }
+
   /** The output {@code tag} of the expanded composite, if it has the {@code expected} schema. */
-  private static PCollection<Row> checkedOutput(
+  private PCollection<Row> checkedOutput(
       PCollectionTuple outputs, TupleTag<Row> tag, Schema expected, String endpoint) {
     String mismatch = "; the service and this library are different InferBridge versions";
     if (!outputs.has(tag)) {
@@ -218,12 +616,67 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     PCollection<Row> output = outputs.get(tag);
     if (!output.hasSchema() || !output.getSchema().equivalent(expected)) {
+      for (Step step : postprocess) {
+        if (step.getProducing() != null) {
+          mismatch += ", or a step's producing() differs from what its Python definition produces";
+          break;
+        }
+      }
       throw new IllegalStateException(
           "Inference: the expansion service at " + endpoint + " returned " + tag.getId()
               + " Rows of schema " + (output.hasSchema() ? output.getSchema() : "none")
               + ", expected " + expected + mismatch);
     }
     return output;
+  }
+
+  private void checkRequired() {
+    if (keyField == null) {
+      throw new IllegalStateException("Inference: withKeyField() is required");
+    }
+    if (featureFields == null) {
+      throw new IllegalStateException("Inference: withFeatureField() or withFeatureFields() is required");
+    }
+  }
+
+  private void checkInput(Schema schema) {
+    checkField(schema, "withKeyField", keyField);
+    TypeName keyType = schema.getField(keyField).getType().getTypeName();
+    if (!KEY_TYPES.contains(keyType)) {
+      throw new IllegalArgumentException(
+          "Inference: withKeyField(\"" + keyField + "\") has type " + keyType
+              + "; allowed: a string or integer field");
+    }
+    for (String field : featureFields) {
+      checkField(schema, featureMethod, field);
+      FieldType type = schema.getField(field).getType();
+      if (!isNumbers(type)) {
+        boolean array = type.getTypeName().isCollectionType();
+        throw new IllegalArgumentException(
+            "Inference: " + featureMethod + "(\"" + field + "\") "
+                + (array ? "is an array of " + type.getCollectionElementType().getTypeName() : "has type " + type.getTypeName())
+                + "; allowed: an array of numbers, or a numeric field");
+      }
+    }
+    for (String field : passthroughFields) {
+      checkField(schema, "withPassthroughFields", field);
+    }
+  }
+
+  /** A number, or an array (of arrays ...) of numbers. */
+  private static boolean isNumbers(FieldType type) {
+    if (type.getTypeName().isNumericType()) {
+      return true;
+    }
+    return type.getTypeName().isCollectionType() && isNumbers(type.getCollectionElementType());
+  }
+
+  private static void checkField(Schema schema, String method, String field) {
+    if (!schema.hasField(field)) {
+      throw new IllegalArgumentException(
+          "Inference: " + method + "(\"" + field + "\") is not a field of the input schema; available fields: "
+              + String.join(", ", schema.getFieldNames()));
+    }
   }
 
   private String resolveExpansionService() {
@@ -240,41 +693,107 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return withExpansionService(fromEnv.trim()).expansionService;
   }
 
-  private void checkFeatureField(Schema schema) {
-    checkField(schema, "withFeatureField", featureField, EnumSet.of(TypeName.ARRAY, TypeName.ITERABLE), "an array of numbers");
-    FieldType element = schema.getField(featureField).getType().getCollectionElementType();
-    if (!element.getTypeName().isNumericType()) {
-      throw new IllegalArgumentException(
-          "Inference: withFeatureField(\"" + featureField + "\") is an array of " + element.getTypeName()
-              + "; allowed: an array of numbers");
+  private static String describeFields(Schema schema) {
+    List<String> fields = new ArrayList<>();
+    for (Schema.Field field : schema.getFields()) {
+      fields.add(field.getName() + " " + field.getType().getTypeName());
     }
-  }
-
-  private static void checkField(
-      Schema schema, String method, String field, Set<TypeName> allowed, String description) {
-    if (!schema.hasField(field)) {
-      throw new IllegalArgumentException(
-          "Inference: " + method + "(\"" + field + "\") is not a field of the input schema; available fields: "
-              + String.join(", ", schema.getFieldNames()));
-    }
-    TypeName type = schema.getField(field).getType().getTypeName();
-    if (!allowed.contains(type)) {
-      throw new IllegalArgumentException(
-          "Inference: " + method + "(\"" + field + "\") has type " + type + "; allowed: " + description);
-    }
+    return String.join(", ", fields);
   }
 
   private static String requireName(String method, String name) {
     if (name == null || name.trim().isEmpty()) {
-      throw new IllegalArgumentException(method + "(): field name must be a non-empty string, got " + name);
+      throw new IllegalArgumentException(method + ": must be a non-empty string, got " + Model.quote(name));
     }
     return name;
   }
 
-  private static List<Step> steps(String method, Step... steps) {
-    if (steps == null || Arrays.asList(steps).contains(null)) {
-      throw new IllegalArgumentException(method + "(): steps must not be null");
+  private static List<String> names(String method, String[] names, boolean distinct) {
+    if (names == null) {
+      throw new IllegalArgumentException(method + ": field names must not be null");
     }
-    return Collections.unmodifiableList(Arrays.asList(steps.clone()));
+    Set<String> seen = new LinkedHashSet<>();
+    for (String name : names) {
+      requireName(method, name);
+      if (!seen.add(name) && distinct) {
+        throw new IllegalArgumentException(method + ": \"" + name + "\" is given twice; give each field once");
+      }
+    }
+    return Collections.unmodifiableList(new ArrayList<>(Arrays.asList(names)));
+  }
+
+  private static Duration requirePositive(String method, Duration duration) {
+    if (duration == null || duration.getMillis() <= 0) {
+      throw new IllegalArgumentException(method + ": the duration must be positive, got " + duration);
+    }
+    return duration;
+  }
+
+  List<Model> models() {
+    return models;
+  }
+
+  String keyField() {
+    return keyField;
+  }
+
+  List<String> featureFields() {
+    return featureFields;
+  }
+
+  List<String> passthroughFields() {
+    return passthroughFields;
+  }
+
+  List<Step> preprocess() {
+    return preprocess;
+  }
+
+  List<Step> postprocess() {
+    return postprocess;
+  }
+
+  Long minBatchSize() {
+    return minBatchSize;
+  }
+
+  Long maxBatchSize() {
+    return maxBatchSize;
+  }
+
+  Double maxBatchDurationSecs() {
+    return maxBatchDuration == null ? null : maxBatchDuration.getMillis() / 1000.0;
+  }
+
+  VariableLength variableLength() {
+    return variableLength;
+  }
+
+  double padValue() {
+    return padValue;
+  }
+
+  Long maxModelsPerWorker() {
+    return maxModelsPerWorker;
+  }
+
+  double watchIntervalSecs() {
+    return watchInterval == null ? DEFAULT_WATCH_INTERVAL_SECS : watchInterval.getMillis() / 1000.0;
+  }
+
+  String minRam() {
+    return minRam;
+  }
+
+  String accelerator() {
+    return accelerator;
+  }
+
+  String metricsNamespace() {
+    return metricsNamespace;
+  }
+
+  PCollection<Row> modelUpdates() {
+    return modelUpdates;
   }
 }

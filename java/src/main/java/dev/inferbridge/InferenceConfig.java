@@ -4,7 +4,6 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.List;
 import org.apache.beam.model.pipeline.v1.ExternalTransforms.ExternalConfigurationPayload;
 import org.apache.beam.sdk.coders.RowCoder;
@@ -58,34 +57,31 @@ final class InferenceConfig {
           .addStringField("metrics_namespace")
           .build();
 
-  // The composite's defaults for the settings this library does not expose yet.
-  private static final String VARIABLE_LENGTH = "bucket";
-  private static final double PAD_VALUE = 0.0;
-  private static final double WATCH_INTERVAL_SECS = 360.0;
-  private static final String METRICS_NAMESPACE = "InferBridge";
-
   private InferenceConfig() {}
 
-  /** The configuration Row: {@code model} serves every key; other settings are the defaults. */
-  static Row toRow(
-      Model model, String keyField, String featureField, List<Step> preprocess, List<Step> postprocess) {
+  /** The configuration Row of {@code inference}. */
+  static Row toRow(Inference inference) {
+    List<Row> models = new ArrayList<>();
+    for (Model model : inference.models()) {
+      models.add(modelRow(model));
+    }
     return Row.withSchema(SCHEMA)
-        .withFieldValue("key_field", keyField)
-        .withFieldValue("feature_fields", Collections.singletonList(featureField))
-        .withFieldValue("passthrough_fields", Collections.emptyList())
-        .withFieldValue("models", Collections.singletonList(modelRow(model)))
-        .withFieldValue("preprocess", stepRows(preprocess))
-        .withFieldValue("postprocess", stepRows(postprocess))
-        .withFieldValue("min_batch_size", null)
-        .withFieldValue("max_batch_size", null)
-        .withFieldValue("max_batch_duration_secs", null)
-        .withFieldValue("variable_length", VARIABLE_LENGTH)
-        .withFieldValue("pad_value", PAD_VALUE)
-        .withFieldValue("max_models_per_worker", null)
-        .withFieldValue("watch_interval_secs", WATCH_INTERVAL_SECS)
-        .withFieldValue("min_ram", null)
-        .withFieldValue("accelerator", null)
-        .withFieldValue("metrics_namespace", METRICS_NAMESPACE)
+        .withFieldValue("key_field", inference.keyField())
+        .withFieldValue("feature_fields", inference.featureFields())
+        .withFieldValue("passthrough_fields", inference.passthroughFields())
+        .withFieldValue("models", models)
+        .withFieldValue("preprocess", stepRows(inference.preprocess()))
+        .withFieldValue("postprocess", stepRows(inference.postprocess()))
+        .withFieldValue("min_batch_size", inference.minBatchSize())
+        .withFieldValue("max_batch_size", inference.maxBatchSize())
+        .withFieldValue("max_batch_duration_secs", inference.maxBatchDurationSecs())
+        .withFieldValue("variable_length", inference.variableLength().wireName())
+        .withFieldValue("pad_value", inference.padValue())
+        .withFieldValue("max_models_per_worker", inference.maxModelsPerWorker())
+        .withFieldValue("watch_interval_secs", inference.watchIntervalSecs())
+        .withFieldValue("min_ram", inference.minRam())
+        .withFieldValue("accelerator", inference.accelerator())
+        .withFieldValue("metrics_namespace", inference.metricsNamespace())
         .build();
   }
 
@@ -135,10 +131,10 @@ final class InferenceConfig {
         .withFieldValue("format", model.getFormat())
         .withFieldValue("uri", model.getUri())
         .withFieldValue("output", model.getOutput().wireName())
-        .withFieldValue("keys", Collections.emptyList())
-        .withFieldValue("options", "{}")
-        .withFieldValue("sha256", null)
-        .withFieldValue("watch_pattern", null)
+        .withFieldValue("keys", model.getKeys())
+        .withFieldValue("options", model.optionsJson())
+        .withFieldValue("sha256", model.getSha256())
+        .withFieldValue("watch_pattern", model.getWatchPattern())
         .build();
   }
 

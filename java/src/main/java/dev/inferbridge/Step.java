@@ -1,181 +1,276 @@
 package dev.inferbridge;
 
 import java.io.Serializable;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
 
 /**
- * A named preprocessing or postprocessing step with typed parameters, run by the Python
- * composite. Steps are referenced by name; no code crosses the language boundary.
+ * A named preprocessing or postprocessing step with its parameters, run by the Python composite.
+ * Steps are referenced by name; no code crosses the language boundary.
+ *
+ * <p>Preprocessing steps ({@link Inference#withPreprocess}) turn each example's features into
+ * model input: {@link #scale}, {@link #normalize}, {@link #reshape}, {@link #cast}, {@link #pad},
+ * {@link #truncate}. Postprocessing steps ({@link Inference#withPostprocess}) turn the model's
+ * result into the inference and decide its type ({@link InferenceKind}): {@link #argmax}, {@link
+ * #softmax}, {@link #topK}, {@link #scores}, {@link #threshold}, {@link #round}, {@link #labels},
+ * {@link #labelMap}. Both run in the order given.
  *
  * <pre>{@code
  * Inference.of(SklearnModel.pickle("/models/digits.pkl").withOutput(ModelOutput.PREDICT_PROBA))
  *     .withPreprocess(Step.scale(1.0 / 16))
  *     .withPostprocess(Step.argmax(), Step.labels("zero", "one", "two"));
  * }</pre>
+ *
+ * <p>Steps that Python packages register under the {@code inferbridge.steps} entry point are
+ * named with {@link #named}; a postprocessing one declares what it produces with {@link
+ * #producing}. The built-in steps, their parameters and kinds come from the step catalog shared
+ * with Python ({@code tests/golden/steps_v1.json}); their parameters are checked when the step is
+ * made.
  */
 public final class Step implements Serializable {
   private static final long serialVersionUID = 1L;
 
+  /** The element types {@link #cast} converts to. */
+  public enum Dtype {
+    /** numpy {@code float32}. */
+    FLOAT32,
+    /** numpy {@code float64}. */
+    FLOAT64,
+    /** numpy {@code int32}. */
+    INT32,
+    /** numpy {@code int64}. */
+    INT64;
+
+    /** The numpy name, e.g. {@code float32}. */
+    public String wireName() {
+      return name().toLowerCase(java.util.Locale.ROOT);
+    }
+  }
+
   private final String name;
   private final Map<String, Object> params;
+  private final InferenceKind producing;
 
-  private Step(String name, Map<String, Object> params) {
+  private Step(String name, Map<String, Object> params, InferenceKind producing) {
     this.name = name;
-    this.params = Collections.unmodifiableMap(new LinkedHashMap<>(params));
+    this.params = params;
+    this.producing = producing;
   }
 
   /** Preprocessing: multiplies every feature by {@code factor}. */
   public static Step scale(double factor) {
-    return new Step("scale", Collections.singletonMap("factor", finite("scale", "factor", factor)));
+    return builtIn("Step.scale()", "scale", "factor", factor);
   }
 
   /** Preprocessing: {@code (x - mean) / std} for every feature. */
   public static Step normalize(double mean, double std) {
-    if (std == 0) {
-      throw new IllegalArgumentException("Step.normalize(): std must not be 0");
-    }
-    Map<String, Object> params = new LinkedHashMap<>();
-    params.put("mean", finite("normalize", "mean", mean));
-    params.put("std", finite("normalize", "std", std));
-    return new Step("normalize", params);
+    return builtIn("Step.normalize()", "normalize", "mean", mean, "std", std);
+  }
+
+  /** Preprocessing: {@code (x - mean[i]) / std[i]} for feature {@code i} (the last axis). */
+  public static Step normalize(double[] mean, double[] std) {
+    return builtIn("Step.normalize()", "normalize", "mean", mean, "std", std);
+  }
+
+  /** Preprocessing: reshapes each example to {@code shape}; one dimension may be -1. */
+  public static Step reshape(int... shape) {
+    return builtIn("Step.reshape()", "reshape", "shape", shape);
+  }
+
+  /** Preprocessing: converts the features to {@code dtype}. */
+  public static Step cast(Dtype dtype) {
+    return builtIn("Step.cast()", "cast", "dtype", dtype == null ? null : dtype.wireName());
+  }
+
+  /** Preprocessing: pads the last axis with zeros to at least {@code length} (never cuts). */
+  public static Step pad(int length) {
+    return builtIn("Step.pad()", "pad", "length", length);
+  }
+
+  /** Preprocessing: pads the last axis with {@code value} to at least {@code length}. */
+  public static Step pad(int length, double value) {
+    return builtIn("Step.pad()", "pad", "length", length, "value", value);
+  }
+
+  /** Preprocessing: keeps the first {@code length} values of the last axis. */
+  public static Step truncate(int length) {
+    return builtIn("Step.truncate()", "truncate", "length", length);
   }
 
   /** Postprocessing: the index of the largest value of a vector (an INT64 inference). */
   public static Step argmax() {
-    return new Step("argmax", Collections.emptyMap());
+    return builtIn("Step.argmax()", "argmax");
   }
 
-  /** Postprocessing: turns a vector of scores into probabilities. */
+  /** Postprocessing: turns a vector of scores into probabilities (a vector). */
   public static Step softmax() {
-    return new Step("softmax", Collections.emptyMap());
+    return builtIn("Step.softmax()", "softmax");
   }
 
-  /** Postprocessing: rounds a number to the nearest integer (an INT64 inference). */
+  /**
+   * Postprocessing: the {@code k} largest values of a vector by their index as a string (a
+   * MAP&lt;STRING, DOUBLE&gt; inference).
+   */
+  public static Step topK(int k) {
+    return builtIn("Step.topK()", "top_k", "k", k);
+  }
+
+  /**
+   * Postprocessing: the {@code k} largest values of a vector by {@code names[index]} (a
+   * MAP&lt;STRING, DOUBLE&gt; inference).
+   */
+  public static Step topK(int k, String... names) {
+    return builtIn("Step.topK()", "top_k", "k", k, "names", names);
+  }
+
+  /** Postprocessing: every value of a vector by {@code names[index]} (a MAP&lt;STRING, DOUBLE&gt;). */
+  public static Step scores(String... names) {
+    return builtIn("Step.scores()", "scores", "names", names);
+  }
+
+  /** Postprocessing: 1 if a number is at least {@code value}, else 0 (an INT64 inference). */
+  public static Step threshold(double value) {
+    return builtIn("Step.threshold()", "threshold", "value", value);
+  }
+
+  /** Postprocessing: rounds a number to the nearest integer, halves to even (an INT64 inference). */
   public static Step round() {
-    return new Step("round", Collections.emptyMap());
+    return builtIn("Step.round()", "round");
   }
 
   /** Postprocessing: maps an integer index to {@code names[index]} (a STRING inference). */
   public static Step labels(String... names) {
-    if (names == null || names.length == 0) {
-      throw new IllegalArgumentException("Step.labels() needs at least one name");
-    }
-    for (String n : names) {
-      Objects.requireNonNull(n, "Step.labels(): names must not contain null");
-    }
-    return new Step(
-        "labels", Collections.singletonMap("names", Collections.unmodifiableList(Arrays.asList(names.clone()))));
+    return builtIn("Step.labels()", "labels", "names", names);
   }
 
   /**
-   * Any step registered with the Python composite, by name. Parameter values may be numbers,
-   * strings, booleans or lists of those.
+   * Postprocessing: maps an integer or a label, by its string form, to {@code mapping}'s value (a
+   * STRING inference).
+   */
+  public static Step labelMap(Map<String, String> mapping) {
+    return builtIn("Step.labelMap()", "label_map", "mapping", mapping);
+  }
+
+  /**
+   * A step by name: a built-in one (its parameters are checked as by its factory), or one that a
+   * Python package registers under the {@code inferbridge.steps} entry point, which the expansion
+   * service checks. Parameter values are JSON values: strings, numbers, booleans, null, and lists
+   * (or arrays) and maps of them. A postprocessing step that is not built in must declare what it
+   * produces with {@link #producing} when it is the last step.
+   *
+   * <pre>{@code
+   * Step clip = Step.named("clip", ImmutableMap.of("low", 0, "high", 1));
+   * Step label = Step.named("digit_name", Collections.emptyMap()).producing(InferenceKind.LABEL);
+   * }</pre>
    */
   public static Step named(String name, Map<String, ?> params) {
     if (name == null || name.trim().isEmpty()) {
-      throw new IllegalArgumentException("Step.named(): name must be a non-empty string, got " + name);
+      throw new IllegalArgumentException("Step.named(): name must be a non-empty string, got " + Model.quote(name));
     }
-    for (Map.Entry<String, ?> e : params.entrySet()) {
-      checkJsonValue(name, e.getKey(), e.getValue());
+    String where = "Step.named(\"" + name + "\")";
+    if (params == null) {
+      throw new IllegalArgumentException(where + ": params must not be null; pass an empty map for none");
     }
-    return new Step(name, new LinkedHashMap<>(params));
+    Map<String, Object> checked = Json.object(where + ": params", params);
+    StepCatalog.Definition definition = StepCatalog.lookup(name);
+    if (definition != null) {
+      StepCatalog.checkParams(where, definition, checked);
+    }
+    return new Step(name, checked, null);
   }
 
+  /**
+   * This step, declaring the kind of inference it produces; for postprocessing steps registered
+   * by Python packages (the built-in steps' kinds are known). The declaration must match the
+   * step's Python definition, or the expansion service returns another output schema.
+   */
+  public Step producing(InferenceKind kind) {
+    if (kind == null) {
+      throw new IllegalArgumentException(
+          "Step.producing(): kind must not be null; allowed: " + Model.names(Arrays.asList(InferenceKind.values())));
+    }
+    StepCatalog.Definition definition = StepCatalog.lookup(name);
+    if (definition != null) {
+      throw new IllegalArgumentException(
+          "Step.producing(" + kind + "): '" + name + "' is a built-in " + definition.stage + " step"
+              + (definition.produces != null ? ", which produces " + definition.produces : "")
+              + "; producing() is for steps registered by Python packages");
+    }
+    return new Step(name, params, kind);
+  }
+
+  /** The registered name, e.g. {@code top_k}. */
   public String getName() {
     return name;
   }
 
+  /** The parameters, as JSON values. */
   public Map<String, Object> getParams() {
     return params;
   }
 
+  /** The declared kind of a step registered by a Python package, or null. */
+  public InferenceKind getProducing() {
+    return producing;
+  }
+
   /** The parameters as a JSON object, the form the inference spec carries them in. */
   String paramsJson() {
-    StringBuilder out = new StringBuilder();
-    writeJson(out, params);
-    return out.toString();
+    return Json.write(params);
   }
 
-  private static double finite(String step, String param, double value) {
-    if (Double.isNaN(value) || Double.isInfinite(value)) {
-      throw new IllegalArgumentException(
-          "Step." + step + "(): " + param + " must be a finite number, got " + value);
+  /** A built-in step from its factory: {@code nameValuePairs} are its parameters. */
+  private static Step builtIn(String where, String name, Object... nameValuePairs) {
+    StepCatalog.Definition definition = StepCatalog.lookup(name);
+    if (definition == null) {
+      throw new IllegalStateException(
+          where + ": the step catalog has no step '" + name + "'; this library and its "
+              + StepCatalog.RESOURCE + " are different InferBridge versions");
     }
-    return value;
-  }
-
-  private static void checkJsonValue(String step, String param, Object value) {
-    if (value instanceof List) {
-      for (Object v : (List<?>) value) {
-        checkJsonValue(step, param, v);
-      }
-    } else if (!(value instanceof String || value instanceof Number || value instanceof Boolean)) {
-      throw new IllegalArgumentException(
-          "Step.named(\"" + step + "\"): parameter '" + param + "' has unsupported value " + value
-              + "; allowed: numbers, strings, booleans and lists of them");
+    Map<String, Object> params = new LinkedHashMap<>();
+    for (int i = 0; i < nameValuePairs.length; i += 2) {
+      String param = (String) nameValuePairs[i];
+      params.put(param, Json.value(where + ": parameter '" + param + "'", nameValuePairs[i + 1]));
     }
-  }
-
-  private static void writeJson(StringBuilder out, Object value) {
-    if (value instanceof Map) {
-      out.append('{');
-      Iterator<? extends Map.Entry<?, ?>> it = ((Map<?, ?>) value).entrySet().iterator();
-      while (it.hasNext()) {
-        Map.Entry<?, ?> e = it.next();
-        writeJson(out, String.valueOf(e.getKey()));
-        out.append(':');
-        writeJson(out, e.getValue());
-        if (it.hasNext()) {
-          out.append(',');
-        }
-      }
-      out.append('}');
-    } else if (value instanceof List) {
-      out.append('[');
-      Iterator<?> it = ((List<?>) value).iterator();
-      while (it.hasNext()) {
-        writeJson(out, it.next());
-        if (it.hasNext()) {
-          out.append(',');
-        }
-      }
-      out.append(']');
-    } else if (value instanceof String) {
-      out.append('"');
-      for (char c : ((String) value).toCharArray()) {
-        if (c == '"' || c == '\\') {
-          out.append('\\').append(c);
-        } else if (c < 0x20) {
-          out.append(String.format("\\u%04x", (int) c));
-        } else {
-          out.append(c);
-        }
-      }
-      out.append('"');
-    } else {
-      // Numbers and booleans print as JSON literals; Double.toString round-trips exactly.
-      out.append(value);
-    }
+    StepCatalog.checkParams(where, definition, params);
+    return new Step(name, Collections.unmodifiableMap(params), null);
   }
 
   @Override
   public boolean equals(Object o) {
-    return o instanceof Step && name.equals(((Step) o).name) && params.equals(((Step) o).params);
+    if (!(o instanceof Step)) {
+      return false;
+    }
+    Step s = (Step) o;
+    return name.equals(s.name) && params.equals(s.params) && producing == s.producing;
   }
 
   @Override
   public int hashCode() {
-    return Objects.hash(name, params);
+    return Objects.hash(name, params, producing);
   }
 
   @Override
   public String toString() {
-    return name + paramsJson();
+    return name + paramsJson() + (producing != null ? " producing " + producing : "");
+  }
+
+  static List<Step> list(String method, Step... steps) {
+    if (steps == null) {
+      throw new IllegalArgumentException(method + ": steps must not be null");
+    }
+    List<Step> list = new ArrayList<>();
+    for (int i = 0; i < steps.length; i++) {
+      if (steps[i] == null) {
+        throw new IllegalArgumentException(method + ": steps[" + i + "] is null");
+      }
+      list.add(steps[i]);
+    }
+    return Collections.unmodifiableList(list);
   }
 }

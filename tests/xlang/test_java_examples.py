@@ -1,0 +1,108 @@
+"""The Java examples, each run as a real JVM pipeline and checked against the frameworks."""
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+
+TIMEOUT_SECS = 300
+
+
+def run_example(classpath, env, name, *args):
+    result = subprocess.run(
+        ["java", "-cp", classpath, f"dev.inferbridge.examples.{name}", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECS,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def held_out(digits_examples_dir):
+    with open(digits_examples_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))[1:]
+    ids = np.array([int(r[0]) for r in rows])
+    labels = np.array([int(r[1]) for r in rows])
+    pixels = np.array([[float(v) for v in r[2:]] for r in rows]) / 16
+    return ids, labels, pixels
+
+
+def load(data, name):
+    with open(data / name, "rb") as f:
+        return pickle.load(f)
+
+
+def test_ab_comparison_evaluates_both_models(java_classpath, services, digits_examples_dir, held_out, tmp_path):
+    _, labels, pixels = held_out
+    lines = run_example(java_classpath, services, "AbComparison", f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}")
+    for model_id, file in (("a", "digits.pkl"), ("b", "digits_b.pkl")):
+        predicted = load(digits_examples_dir, file).predict_proba(pixels).argmax(axis=1)
+        accuracy = int((predicted == labels).sum()) / len(labels)
+        assert f"model={model_id} accuracy={accuracy!r} rows={len(labels)}" in lines
+
+
+def test_cascade_feeds_model_a_through_a_step_into_model_b(java_classpath, services, digits_examples_dir, held_out, tmp_path):
+    ids, labels, pixels = held_out
+    lines = run_example(java_classpath, services, "Cascade", f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}")
+    probabilities = load(digits_examples_dir, "digits.pkl").predict_proba(pixels)
+    softmax = np.exp(probabilities - probabilities.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    high = load(digits_examples_dir, "cascade_high.pkl").predict(softmax)
+    expected = {f"{i},{label},{'high' if h else 'low'}" for i, label, h in zip(ids, labels, high)}
+    assert set((tmp_path / "cascade.csv").read_text().split()) == expected
+    assert lines[-1] == f"rows={len(ids)} high={int(high.sum())}"
+
+
+def test_per_key_models_with_a_memory_bound(java_classpath, services, digits_examples_dir, held_out, tmp_path):
+    ids, _, pixels = held_out
+    lines = run_example(java_classpath, services, "PerKeyModels", f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}")
+    regions = ["north", "south", "east", "west", "centre", "islands"]
+    models = [load(digits_examples_dir, f"region_{i}.pkl") for i in range(3)]
+    expected = set()
+    for i, row in zip(ids, pixels):
+        model = (i % 6) // 2
+        expected.add(f"{i},{regions[i % 6]},region_{model},{int(round(models[model].predict(row[None])[0]))}")
+    assert set((tmp_path / "predictions.csv").read_text().split()) == expected
+    assert lines[-1] == f"rows={len(ids)} models=3"
+
+
+def test_dead_letters_conserve_every_row(java_classpath, services, digits_examples_dir, tmp_path):
+    with open(digits_examples_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    bad = [
+        [body[0][0], body[0][1], *body[0][2:40]],  # too few pixels
+        [body[1][0], body[1][1], "NaN", *body[1][3:]],  # NaN: the model refuses it
+        [body[2][0], body[2][1], "dark", *body[2][3:]],  # not a number: no pixels at all
+    ]
+    data = tmp_path / "rows.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([header, *bad, *body[3:]])
+    out = tmp_path / "out"
+    lines = run_example(
+        java_classpath, services, "DeadLetters", f"--dataDir={digits_examples_dir}", f"--input={data}", f"--outputDir={out}"
+    )
+    assert lines[-1] == f"rows={len(body)} inferences={len(body) - 3} failures=3"
+    failures = {f["key"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    assert {k: f["stage"] for k, f in failures.items()} == {body[0][0]: "inference", body[1][0]: "inference", body[2][0]: "input"}
+    assert "null" in failures[body[2][0]]["message"]
+
+
+def test_pytorch_model_from_java(java_classpath, services, digits_examples_dir, held_out, tmp_path):
+    import torch
+
+    ids, labels, pixels = held_out
+    lines = run_example(java_classpath, services, "PytorchDigits", f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}")
+    net = torch.jit.load(str(digits_examples_dir / "digits.ts"))
+    with torch.no_grad():
+        predicted = net(torch.tensor(pixels, dtype=torch.float32)).argmax(dim=1).numpy()
+    expected = {f"{i},{label},{p}" for i, label, p in zip(ids, labels, predicted)}
+    assert set((tmp_path / "predictions.csv").read_text().split()) == expected
+    assert lines[-1] == f"rows={len(ids)} correct={int((predicted == labels).sum())}"
