@@ -6,6 +6,9 @@ Writes to OUTPUT_DIR, next to what train_model.py writes there (run it first):
                           probabilities (digits.pkl), whether the digit is 5 or more (0/1)
   region_0..2.pkl         per-key models, each trained on a third of the training rows
   digits.ts               a small PyTorch network (TorchScript) giving class scores
+  digits.onnx             digits.pkl exported to ONNX (class probabilities)
+  digits.skops,           digits.pkl and region_0.pkl in skops' safe format
+  region_0.skops
 All models take pixels / 16, as the examples' Step.scale(1/16) gives them.
 """
 
@@ -41,6 +44,17 @@ def _torch_net(train_x, train_y, path: Path) -> None:
     torch.jit.script(net.eval()).save(str(path))
 
 
+def _safe_formats(digits_model, out: Path) -> None:
+    import skops.io
+    from skl2onnx import to_onnx
+
+    onnx_model = to_onnx(digits_model, np.zeros((1, 64), np.float32), options={id(digits_model): {"zipmap": False}})
+    (out / "digits.onnx").write_bytes(onnx_model.SerializeToString())
+    skops.io.dump(digits_model, out / "digits.skops")
+    with open(out / "region_0.pkl", "rb") as f:
+        skops.io.dump(pickle.load(f), out / "region_0.skops")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", type=Path)
@@ -61,6 +75,7 @@ def main() -> None:
     for i, rows in enumerate(np.array_split(np.arange(len(train_y)), 3)):
         _save(LogisticRegression(max_iter=2000).fit(train_x[rows], train_y[rows]), out / f"region_{i}.pkl")
     _torch_net(train_x, train_y, out / "digits.ts")
+    _safe_formats(stage_one, out)
     print(f"trained the example models into {out}")
 
 

@@ -106,3 +106,24 @@ def test_pytorch_model_from_java(java_classpath, services, digits_examples_dir, 
     expected = {f"{i},{label},{p}" for i, label, p in zip(ids, labels, predicted)}
     assert set((tmp_path / "predictions.csv").read_text().split()) == expected
     assert lines[-1] == f"rows={len(ids)} correct={int((predicted == labels).sum())}"
+
+
+def test_most_builder_options_reach_the_python_composite(java_classpath, services, digits_examples_dir, held_out, tmp_path):
+    """Skops + ONNX keyed by parity, a sha256 pin, a model update (the skops model becomes
+    region_0 for every row: in a batch pipeline the update is known before any row), two feature
+    fields, passthrough fields, batching, padding, a resource hint, a metrics namespace."""
+    import onnxruntime
+    import skops.io
+
+    ids, labels, pixels = held_out
+    lines = run_example(java_classpath, services, "OptionsTour", f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}")
+    updated = skops.io.load(digits_examples_dir / "region_0.skops")
+    session = onnxruntime.InferenceSession(str(digits_examples_dir / "digits.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: pixels.astype(np.float32)})[-1].argmax(axis=1)
+    skops_out = updated.predict_proba(pixels).argmax(axis=1)
+    expected = {
+        f"{i},{label},{'skops' if i % 2 == 0 else 'onnx'},{(skops_out if i % 2 == 0 else onnx_out)[n]}"
+        for n, (i, label) in enumerate(zip(ids, labels))
+    }
+    assert set((tmp_path / "predictions.csv").read_text().split()) == expected
+    assert lines[-1] == f"rows={len(ids)} failures=0"

@@ -63,32 +63,62 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
   private final String predictionField;
   private final String modelIdField;
   private final String expansionService;
+  private final PythonEnvironment localPython;
 
-  private Evaluate(String labelField, String predictionField, String modelIdField, String expansionService) {
+  private Evaluate(
+      String labelField, String predictionField, String modelIdField, String expansionService, PythonEnvironment localPython) {
     this.labelField = labelField;
     this.predictionField = predictionField;
     this.modelIdField = modelIdField;
     this.expansionService = expansionService;
+    this.localPython = localPython;
   }
 
   /** Evaluates the {@code inference} field against {@code labelField}, per {@code model_id}. */
   public static Evaluate of(String labelField) {
-    return new Evaluate(requireName("of", labelField), "inference", "model_id", null);
+    return new Evaluate(requireName("of", labelField), "inference", "model_id", null, null);
   }
 
   /** The field holding the prediction (default {@code inference}). */
   public Evaluate withPredictionField(String field) {
-    return new Evaluate(labelField, requireName("withPredictionField", field), modelIdField, expansionService);
+    return new Evaluate(
+        labelField, requireName("withPredictionField", field), modelIdField, expansionService, localPython);
   }
 
   /** The field naming the model (default {@code model_id}). */
   public Evaluate withModelIdField(String field) {
-    return new Evaluate(labelField, predictionField, requireName("withModelIdField", field), expansionService);
+    return new Evaluate(
+        labelField, predictionField, requireName("withModelIdField", field), expansionService, localPython);
   }
 
-  /** The InferBridge expansion service, {@code host:port}; default {@value Inference#EXPANSION_SERVICE_ENV}. */
+  /**
+   * The {@code host:port} of a running InferBridge expansion service. Takes precedence over
+   * {@link #withLocalExpansionService} and the environment variables; the order is that of
+   * {@link Inference}: this address, {@link #withLocalExpansionService}, {@value
+   * Inference#EXPANSION_SERVICE_ENV}, {@value PythonEnvironment#PYTHON_ENV}.
+   */
   public Evaluate withExpansionService(String address) {
-    return new Evaluate(labelField, predictionField, modelIdField, requireName("withExpansionService", address));
+    requireName("withExpansionService", address);
+    if (!ExpansionService.isAddress(address)) {
+      throw new IllegalArgumentException(
+          "Evaluate.withExpansionService(): expected host:port, e.g. localhost:8097, got \"" + address + "\"");
+    }
+    return new Evaluate(labelField, predictionField, modelIdField, address, localPython);
+  }
+
+  /**
+   * Expands through an InferBridge expansion service that this JVM starts from {@code python}, or
+   * the one it already runs for an equal environment (e.g. the one an {@link
+   * Inference#withLocalExpansionService} of the same pipeline started); it runs until the JVM
+   * exits. See {@link PythonEnvironment#startExpansionService()}.
+   */
+  public Evaluate withLocalExpansionService(PythonEnvironment python) {
+    if (python == null) {
+      throw new IllegalArgumentException(
+          "Evaluate.withLocalExpansionService(): python must not be null; use e.g. "
+              + "PythonEnvironment.virtualenv(\"/path/to/venv\")");
+    }
+    return new Evaluate(labelField, predictionField, modelIdField, expansionService, python);
   }
 
   Row config() {
@@ -112,7 +142,7 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
                 + schema.getFieldNames());
       }
     }
-    String endpoint = ExpansionService.resolve("Evaluate", expansionService);
+    String endpoint = ExpansionService.resolve("Evaluate", expansionService, localPython);
     PCollection<Row> output;
     try {
       output =

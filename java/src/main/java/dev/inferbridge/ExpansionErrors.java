@@ -21,7 +21,8 @@ final class ExpansionErrors {
                 + message + "). Start it with `inferbridge-expansion-service --port "
                 + endpoint.substring(endpoint.lastIndexOf(':') + 1)
                 + "`, or run the pipeline under `inferbridge-local -- <command>`, and pass its "
-                + "address to withExpansionService()",
+                + "address to withExpansionService(); or let this JVM start one with "
+                + "withLocalExpansionService(PythonEnvironment.virtualenv(\"/path/to/venv\"))",
             error);
       }
     }

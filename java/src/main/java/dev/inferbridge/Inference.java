@@ -66,9 +66,13 @@ import org.joda.time.Duration;
  * PCollection<Row> failures = result.getFailures();
  * }</pre>
  *
- * <p>The pipeline needs a portable runner and a running {@code inferbridge-expansion-service};
- * {@code inferbridge-local -- <command>} starts both services for local runs. Without {@link
- * #withExpansionService}, the address is read from {@value #EXPANSION_SERVICE_ENV}.
+ * <p>The pipeline needs a portable runner and an InferBridge expansion service, found in this
+ * order: the address given to {@link #withExpansionService}; a service this JVM starts from the
+ * Python environment given to {@link #withLocalExpansionService}; the address in {@value
+ * #EXPANSION_SERVICE_ENV}; a service this JVM starts from the Python environment (virtualenv
+ * directory or Python executable) in {@value PythonEnvironment#PYTHON_ENV}. A service this JVM
+ * starts runs until the JVM exits. {@code inferbridge-local -- <command>} starts an expansion
+ * service and a job service for local runs and sets the variables.
  *
  * <p>Every {@code withX} method returns a new transform and checks its argument at once; settings
  * that depend on the input schema are checked when the transform is applied.
@@ -140,6 +144,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   private final String metricsNamespace;
   private final transient PCollection<Row> modelUpdates;
   private final String expansionService;
+  private final PythonEnvironment localPython;
   private final transient ExpansionServiceClientFactory expansionClient;
 
   private Inference(Builder b) {
@@ -162,6 +167,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     this.metricsNamespace = b.metricsNamespace;
     this.modelUpdates = b.modelUpdates;
     this.expansionService = b.expansionService;
+    this.localPython = b.localPython;
     this.expansionClient = b.expansionClient;
   }
 
@@ -186,6 +192,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     String metricsNamespace = DEFAULT_METRICS_NAMESPACE;
     PCollection<Row> modelUpdates;
     String expansionService;
+    PythonEnvironment localPython;
     ExpansionServiceClientFactory expansionClient;
 
     Inference build() {
@@ -214,6 +221,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     b.metricsNamespace = metricsNamespace;
     b.modelUpdates = modelUpdates;
     b.expansionService = expansionService;
+    b.localPython = localPython;
     b.expansionClient = expansionClient;
     return b;
   }
@@ -511,14 +519,41 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return b.build();
   }
 
-  /** The {@code host:port} of a running InferBridge expansion service. */
+  /**
+   * The {@code host:port} of a running InferBridge expansion service. Takes precedence over
+   * {@link #withLocalExpansionService} and the environment variables.
+   */
   public Inference withExpansionService(String hostPort) {
-    if (hostPort == null || !hostPort.matches("[^\\s:]+:\\d{1,5}")) {
+    if (!ExpansionService.isAddress(hostPort)) {
       throw new IllegalArgumentException(
           "withExpansionService(): expected host:port, e.g. localhost:8097, got " + hostPort);
     }
     Builder b = toBuilder();
     b.expansionService = hostPort;
+    return b.build();
+  }
+
+  /**
+   * Expands through an InferBridge expansion service that this JVM starts from {@code python}
+   * when the transform is applied, unless it already runs one for an equal environment, and
+   * stops when the JVM exits (its worker pool runs the Python stages, so it lives as long as the
+   * JVM). See {@link PythonEnvironment#startExpansionService()}. An address given to {@link
+   * #withExpansionService} takes precedence.
+   *
+   * <pre>{@code
+   * Inference.of(SklearnModel.pickle("/models/digits.pkl"))
+   *     .withKeyField("id")
+   *     .withFeatureField("pixels")
+   *     .withLocalExpansionService(PythonEnvironment.virtualenv("/opt/venv").withTrustedModelRoots("/models"));
+   * }</pre>
+   */
+  public Inference withLocalExpansionService(PythonEnvironment python) {
+    if (python == null) {
+      throw new IllegalArgumentException(
+          "withLocalExpansionService(): python must not be null; use e.g. PythonEnvironment.virtualenv(\"/path/to/venv\")");
+    }
+    Builder b = toBuilder();
+    b.localPython = python;
     return b.build();
   }
 
@@ -565,7 +600,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
     }
-    String endpoint = resolveExpansionService();
+    String endpoint = ExpansionService.resolve("Inference", expansionService, localPython);
     byte[] payload = InferenceConfig.payload(InferenceConfig.toRow(this));
     External.SingleOutputExpandableTransform<PInput, Row> external =
         expansionClient == null
@@ -677,20 +712,6 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
           "Inference: " + method + "(\"" + field + "\") is not a field of the input schema; available fields: "
               + String.join(", ", schema.getFieldNames()));
     }
-  }
-
-  private String resolveExpansionService() {
-    if (expansionService != null) {
-      return expansionService;
-    }
-    String fromEnv = System.getenv(EXPANSION_SERVICE_ENV);
-    if (fromEnv == null || fromEnv.trim().isEmpty()) {
-      throw new IllegalStateException(
-          "Inference: withExpansionService() is required (or set " + EXPANSION_SERVICE_ENV
-              + "); start a service with `inferbridge-expansion-service --port 8097`, or run the "
-              + "pipeline under `inferbridge-local -- <command>`");
-    }
-    return withExpansionService(fromEnv.trim()).expansionService;
   }
 
   private static String describeFields(Schema schema) {

@@ -12,7 +12,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.List;
 import java.util.Locale;
 import java.util.regex.Matcher;
@@ -24,8 +23,6 @@ import org.apache.beam.sdk.options.Description;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
-import org.apache.beam.sdk.schemas.Schema;
-import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.transforms.Combine;
 import org.apache.beam.sdk.transforms.Count;
 import org.apache.beam.sdk.transforms.Create;
@@ -90,13 +87,6 @@ public final class DigitsClassification {
     void setFailuresFile(String value);
   }
 
-  static final Schema DIGIT_SCHEMA =
-      Schema.builder()
-          .addInt64Field("id")
-          .addInt64Field("label")
-          .addArrayField("pixels", FieldType.DOUBLE)
-          .build();
-
   private DigitsClassification() {}
 
   public static void main(String[] args) throws Exception {
@@ -111,13 +101,13 @@ public final class DigitsClassification {
 
   static void run(Options options) throws IOException {
     Path modelDir = Paths.get(options.getModelDir()).toAbsolutePath();
-    List<Row> digits = readRows(modelDir.resolve("test_rows.csv"));
+    List<Row> digits = ExampleIo.readDigits(modelDir.resolve("test_rows.csv"));
     double expected = readExpectedScore(modelDir.resolve("expected.json"));
     Path tally = Files.createTempFile("inferbridge-digits", ".txt");
     Path failureCount = Files.createTempFile("inferbridge-digits-failures", ".txt");
 
     Pipeline pipeline = Pipeline.create(options);
-    PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(DIGIT_SCHEMA));
+    PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(ExampleIo.DIGIT_SCHEMA));
 
     Inference inference =
         Inference.of(model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA))
@@ -139,25 +129,25 @@ public final class DigitsClassification {
         .apply("JoinById", CoGroupByKey.create())
         .apply("Score", ParDo.of(new Score(labelTag, predictionTag)))
         .apply("Tally", Combine.globally(new Tally()))
-        .apply("WriteTally", ParDo.of(new WriteText(tally.toString())));
+        .apply("WriteTally", ParDo.of(new ExampleIo.WriteText(tally.toString())));
     if (options.getPredictionsFile() != null) {
       predictions
           .apply(
               "FormatPredictions",
               MapElements.into(TypeDescriptors.strings())
                   .via((Row r) -> r.getInt64("key") + "," + r.getInt64("inference")))
-          .apply("CollectPredictions", Combine.globally(new SortedLines()))
-          .apply("WritePredictions", ParDo.of(new WriteText(options.getPredictionsFile())));
+          .apply("CollectPredictions", Combine.globally(new ExampleIo.SortedLines()))
+          .apply("WritePredictions", ParDo.of(new ExampleIo.WriteText(options.getPredictionsFile())));
     }
     failures
         .apply("CountFailures", Count.globally())
         .apply("FormatFailureCount", MapElements.into(TypeDescriptors.strings()).via(String::valueOf))
-        .apply("WriteFailureCount", ParDo.of(new WriteText(failureCount.toString())));
+        .apply("WriteFailureCount", ParDo.of(new ExampleIo.WriteText(failureCount.toString())));
     if (options.getFailuresFile() != null) {
       failures
           .apply("FailuresToJson", ToJson.of())
-          .apply("CollectFailures", Combine.globally(new SortedLines()))
-          .apply("WriteFailures", ParDo.of(new WriteText(options.getFailuresFile())));
+          .apply("CollectFailures", Combine.globally(new ExampleIo.SortedLines()))
+          .apply("WriteFailures", ParDo.of(new ExampleIo.WriteText(options.getFailuresFile())));
     }
 
     PipelineResult.State state = pipeline.run().waitUntilFinish();
@@ -200,23 +190,6 @@ public final class DigitsClassification {
         name,
         MapElements.into(TypeDescriptors.kvs(TypeDescriptors.longs(), TypeDescriptors.longs()))
             .via((Row r) -> KV.of(r.getInt64(keyField), r.getInt64(valueField))));
-  }
-
-  static List<Row> readRows(Path csv) throws IOException {
-    List<String> lines = Files.readAllLines(csv, StandardCharsets.UTF_8);
-    List<Row> rows = new ArrayList<>();
-    for (String line : lines.subList(1, lines.size())) {
-      String[] cells = line.split(",");
-      List<Double> pixels = new ArrayList<>();
-      for (int i = 2; i < cells.length; i++) {
-        pixels.add(Double.parseDouble(cells[i]));
-      }
-      rows.add(
-          Row.withSchema(DIGIT_SCHEMA)
-              .addValues(Long.parseLong(cells[0]), Long.parseLong(cells[1]), pixels)
-              .build());
-    }
-    return rows;
   }
 
   static double readExpectedScore(Path json) throws IOException {
@@ -273,52 +246,6 @@ public final class DigitsClassification {
     @Override
     public String extractOutput(long[] acc) {
       return acc[0] + "," + acc[1];
-    }
-  }
-
-  /** Joins lines into one text, sorted, each ending in a newline, so it can be written in one go. */
-  static final class SortedLines extends Combine.CombineFn<String, List<String>, String> {
-    @Override
-    public List<String> createAccumulator() {
-      return new ArrayList<>();
-    }
-
-    @Override
-    public List<String> addInput(List<String> acc, String line) {
-      acc.add(line);
-      return acc;
-    }
-
-    @Override
-    public List<String> mergeAccumulators(Iterable<List<String>> accs) {
-      List<String> merged = new ArrayList<>();
-      accs.forEach(merged::addAll);
-      return merged;
-    }
-
-    @Override
-    public String extractOutput(List<String> acc) {
-      List<String> sorted = new ArrayList<>(acc);
-      Collections.sort(sorted);
-      StringBuilder text = new StringBuilder();
-      for (String line : sorted) {
-        text.append(line).append('\n');
-      }
-      return text.toString();
-    }
-  }
-
-  /** Writes its one input to a local file; runs in this JVM under the LOOPBACK environment. */
-  static final class WriteText extends DoFn<String, Void> {
-    private final String path;
-
-    WriteText(String path) {
-      this.path = path;
-    }
-
-    @ProcessElement
-    public void process(@Element String text) throws IOException {
-      Files.write(Paths.get(path), text.getBytes(StandardCharsets.UTF_8));
     }
   }
 }
