@@ -6,7 +6,6 @@ import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import org.apache.beam.sdk.Pipeline;
-import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.Flatten;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.values.PCollection;
@@ -34,8 +33,7 @@ public final class AbComparison {
     ExampleOptions options = ExampleOptions.parse(args);
     try (LocalPortableRun local = LocalPortableRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
-      PCollection<Row> digits =
-          pipeline.apply(Create.of(ExampleIo.readDigits(ExampleIo.data(options, "test_rows.csv"))).withRowSchema(ExampleIo.DIGIT_SCHEMA));
+      PCollection<Row> digits = ExampleIo.digits(pipeline, options);
       PCollection<Row> a = digits.apply("ModelA", classify(SklearnModel.pickle(ExampleIo.data(options, "digits.pkl").toString()), "a")).getInferences();
       PCollection<Row> b = digits.apply("ModelB", classify(SklearnModel.pickle(ExampleIo.data(options, "digits_b.pkl").toString()), "b")).getInferences();
       PCollection<Row> evaluation = PCollectionList.of(a).and(b).apply(Flatten.pCollections()).apply(Evaluate.of("label"));

@@ -5,7 +5,6 @@ import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import org.apache.beam.sdk.Pipeline;
-import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.Row;
@@ -26,8 +25,7 @@ public final class Cascade {
     ExampleOptions options = ExampleOptions.parse(args);
     try (LocalPortableRun local = LocalPortableRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
-      PCollection<Row> digits =
-          pipeline.apply(Create.of(ExampleIo.readDigits(ExampleIo.data(options, "test_rows.csv"))).withRowSchema(ExampleIo.DIGIT_SCHEMA));
+      PCollection<Row> digits = ExampleIo.digits(pipeline, options);
       PCollection<Row> probabilities =
           digits
               .apply(

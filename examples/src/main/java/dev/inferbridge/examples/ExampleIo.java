@@ -13,6 +13,7 @@ import org.apache.beam.sdk.PipelineResult;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.transforms.Combine;
+import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.ParDo;
 import org.apache.beam.sdk.values.PCollection;
@@ -44,6 +45,11 @@ final class ExampleIo {
     if (state != PipelineResult.State.DONE) {
       throw new IllegalStateException("the pipeline ended in state " + state);
     }
+  }
+
+  /** The held-out digits as a PCollection of {@link #DIGIT_SCHEMA} Rows. */
+  static PCollection<Row> digits(Pipeline pipeline, ExampleOptions options) throws IOException {
+    return pipeline.apply("Digits", Create.of(readDigits(data(options, "test_rows.csv"))).withRowSchema(DIGIT_SCHEMA));
   }
 
   /** The rows of {@code test_rows.csv} as written by {@code examples/digits/train_model.py}. */

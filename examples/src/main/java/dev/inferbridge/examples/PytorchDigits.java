@@ -4,7 +4,6 @@ import dev.inferbridge.Inference;
 import dev.inferbridge.PytorchModel;
 import dev.inferbridge.Step;
 import org.apache.beam.sdk.Pipeline;
-import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TypeDescriptors;
@@ -25,8 +24,7 @@ public final class PytorchDigits {
     try (LocalPortableRun local = LocalPortableRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       ExampleIo.writeLines(
-          pipeline
-              .apply(Create.of(ExampleIo.readDigits(ExampleIo.data(options, "test_rows.csv"))).withRowSchema(ExampleIo.DIGIT_SCHEMA))
+          ExampleIo.digits(pipeline, options)
               .apply(
                   "Classify",
                   Inference.of(PytorchModel.torchScript(ExampleIo.data(options, "digits.ts").toString()))
