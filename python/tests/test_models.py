@@ -665,3 +665,11 @@ def test_pipeline_beam_handler(boosters, digits):
     clf, path = boosters["a"]
     handler = models.handler_for(_booster(path), LoadPolicy())
     _run(handler, digits[2], clf.predict(digits[2]))
+
+
+def test_catalog_matches_the_golden_file_java_checks():
+    import json
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parents[2] / "tests" / "golden" / "models_v1.json"
+    assert json.loads(golden.read_text()) == models.catalog_description()

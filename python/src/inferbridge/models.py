@@ -156,6 +156,27 @@ _COMPOSITE_ARGS = frozenset({
 })
 
 
+def catalog_description() -> dict[str, Any]:
+    """Frameworks, formats, outputs (with the kind each gives) and options as plain data: the
+    form of ``tests/golden/models_v1.json``, which the Java unit tests compare the Java model
+    builders with."""
+    return {
+        "frameworks": {
+            framework: {
+                "formats": list(formats),
+                "outputs": dict(OUTPUTS[framework]),
+                "options": {
+                    fmt: {name: {"required": option.required} for name, option in OPTIONS[(framework, fmt)].items()}
+                    for fmt in formats
+                    if (framework, fmt) in OPTIONS
+                },
+            }
+            for framework, formats in FORMATS.items()
+        },
+        "handlers": list(BEAM_HANDLERS),
+    }
+
+
 def validate(model: Model, where: str) -> str:
     """Checks framework, format, output, options and sha256; returns "vector" or "number".
 
