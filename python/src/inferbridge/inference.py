@@ -173,15 +173,17 @@ class Inference(beam.PTransform):
         rows, updates = self._split_inputs(inputs)
         key_type, passthrough = _check_input_schema(spec, rows.element_type)
         policy = self._policy or _load_policy or LoadPolicy.from_env()
+        # Building the handlers checks each model against the policy, before its file is looked at.
+        handler = _keyed_handler(spec, policy)
         for i, model in enumerate(spec.models):
-            _check_model(f"models[{i}]", model, policy)
+            _check_model_exists(f"models[{i}]", model)
 
         prepared = rows | "Prepare" >> beam.ParDo(
             _Prepare(spec, convert_key=key_type is str)
         ).with_outputs(FAILURES_TAG, main="examples")
         metadata = _model_metadata(spec, updates, rows.pipeline)
         run = RunInference(
-            _keyed_handler(spec, policy),
+            handler,
             metrics_namespace=spec.metrics_namespace,
             model_metadata_pcoll=metadata,
         )
@@ -377,9 +379,9 @@ class _IsolatingHandler(ModelHandler):
     the last model that loaded.
     """
 
-    def __init__(self, spec: InferenceSpec, model: Model, policy: LoadPolicy) -> None:
+    def __init__(self, spec: InferenceSpec, model: Model, policy: LoadPolicy, where: str) -> None:
         super().__init__()
-        self._inner = models.handler_for(model, policy)
+        self._inner = models.handler_for(model, policy, where)
         self._model_id = model.id
         self._uri = model.uri
         self._configured_uri = model.uri
@@ -577,7 +579,7 @@ def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler
     and in _IsolatingHandler), so a keyed multi-model handler is never wrapped with Beam's
     pre/post functions, which fails at run time in Beam 2.77.
     """
-    handlers = [_IsolatingHandler(spec, m, policy) for m in spec.models]
+    handlers = [_IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
     if len(handlers) == 1:
         return KeyedModelHandler(handlers[0])
     mappings = [KeyModelMapping([m.id], h) for m, h in zip(spec.models, handlers)]
@@ -797,9 +799,9 @@ def _non_null(field_type: Any) -> Any:
     return field_type
 
 
-def _check_model(where: str, model: Model, policy: LoadPolicy) -> None:
-    """Fails at construction for a model that the policy refuses or that does not exist."""
-    policy.check(model, model.uri, where)
+def _check_model_exists(where: str, model: Model) -> None:
+    """Fails at construction for a model file that does not exist (a handler's uri may name
+    something else, e.g. a hub model)."""
     if model.framework != "handler" and not FileSystems.exists(model.uri):
         raise ValueError(
             f"{where}.uri={model.uri!r} does not exist or is not readable from the process that "
