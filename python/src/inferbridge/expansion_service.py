@@ -1,173 +1,122 @@
 """``inferbridge-expansion-service``: serves InferBridge composites to Java (and other) pipelines.
 
 Unlike Beam's stock Python expansion service, it binds loopback by default, expands only
-InferBridge's own URNs (a pickled transform or a payload carrying Python code is refused before
-it is decoded), serves no local files through its artifact service, and fails at once when its
-port is taken. It also hosts a worker pool, so the Python stages it expands run in this process
-on portable runners without Docker (an EXTERNAL environment pointing back at the service).
+InferBridge's own URNs plus those an operator allows (a pickled transform or a payload carrying
+Python code is refused before it is decoded; see ``inferbridge.request_checks``), serves no local
+files through its artifact service, limits request sizes and expansion time, can require TLS and a
+bearer token on every RPC, answers gRPC health checks and ``DiscoverSchemaTransform``, and fails
+at once when its port is taken.
+
+By default it also hosts a worker pool on a second, loopback-only port, so the Python stages it
+expands run in this process on portable runners without Docker (an EXTERNAL environment pointing
+at that pool). The pool starts workers for whoever asks it, so it is never exposed beyond this
+machine; clusters give the expanded transforms their own environment (``--environment-type``).
 
 Beam's stock ``PythonExternalTransform`` requests (``beam:transforms:python:fully_qualified_named``)
 are served for the constructors ``inferbridge.Inference`` and ``inferbridge.Evaluate`` only, by
-translating them into the native request (see ``inferbridge.compat``). Every request is checked
-before Beam decodes any part of it: the components it carries (the inputs' placeholder producers,
-coders, windowing strategies) and its configuration Row may hold nothing that Beam's Python SDK
-would unpickle or evaluate.
+translating them into the native request (see ``inferbridge.compat``).
+
+Every flag can also be set by an environment variable, ``--some-flag`` by ``INFERBRIDGE_SOME_FLAG``
+(lists comma-separated); ``--help`` names each one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import json
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import Any, Iterable, Optional
+import time
+from concurrent import futures
+from typing import Any, Callable, Optional
 
 import apache_beam
 import grpc
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import (
     beam_artifact_api_pb2_grpc,
     beam_expansion_api_pb2,
     beam_expansion_api_pb2_grpc,
     beam_fn_api_pb2_grpc,
     external_transforms_pb2,
-    schema_pb2,
 )
 from apache_beam.runners.portability import artifact_service, expansion_service
 from apache_beam.runners.worker import worker_pool_main
+from apache_beam.transforms import ptransform
+from apache_beam.typehints import schemas
 from apache_beam.utils import thread_pool_executor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 # Importing the composites registers their URNs with Beam.
-from inferbridge import compat, evaluate, inference  # noqa: F401
+from inferbridge import compat, evaluate, inference, spec
 from inferbridge.compat import Refusal
 from inferbridge.policy import LoadPolicy
-from inferbridge.spec import RUN_INFERENCE_URN
+from inferbridge.request_checks import (
+    PICKLED_URNS,
+    check_components,
+    check_configuration,
+    drop_unsafe_output_coder_requests,
+)
+from inferbridge.service_security import BearerTokenInterceptor, read_token, server_credentials
 
 _LOGGER = logging.getLogger("inferbridge.expansion_service")
 
-SERVED_URNS = frozenset({RUN_INFERENCE_URN, evaluate.EVALUATE_URN})
 VERSION = "0.1.0"
+SERVED_URNS = frozenset({spec.RUN_INFERENCE_URN, evaluate.EVALUATE_URN})
+EXPANSION_SERVICE_NAME = "org.apache.beam.model.expansion.v1.ExpansionService"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
-# URNs whose payload Beam's Python SDK unpickles when it meets them in a request's components.
-_PICKLED_URNS = frozenset(
-    value for name, value in vars(python_urns).items() if name.startswith("PICKLED_") and isinstance(value, str)
-)
-# What a client may send as the producer of an input: Beam's clients send a placeholder Impulse.
-_PLACEHOLDER_URNS = frozenset({"", common_urns.primitives.IMPULSE.urn})
-_ROW_CODER_URN = common_urns.coders.ROW.urn
+# What discovery reports for each served URN: configuration, input and output names, description.
+_CATALOG = {
+    spec.RUN_INFERENCE_URN: (
+        spec.RunInferenceConfig,
+        [inference.ROWS_TAG, inference.MODEL_UPDATES_TAG],
+        ["inferences", inference.FAILURES_TAG],
+        "RunInference with preprocessing, one or many keyed models and postprocessing; every input "
+        "row becomes one inference row or one failure row. model_updates is optional.",
+    ),
+    evaluate.EVALUATE_URN: (
+        evaluate.EvaluateConfig,
+        ["input"],
+        ["output"],
+        "Per window and model_id classification metrics (accuracy, precision, recall, confusion).",
+    ),
+}
 
-
-def check_components(request: beam_expansion_api_pb2.ExpansionRequest) -> None:
-    """Refuses components that Beam would unpickle or evaluate while reading them.
-
-    Beam's servicer rebuilds every transform the request carries, every PCollection they and the
-    expanded transform use, and those PCollections' coders and windowing strategies. A transform
-    with a pickled (or any non-placeholder) payload, a pickled coder or window function, a coder
-    id that names no coder (Beam unpickles the id itself) or a Row coder whose schema holds Python
-    code would each run code in this process. Components that nothing refers to are never read
-    (Beam's Python client sends a spare pickled coder), so they are left alone.
-    """
-    components = request.components
-    for transform_id, transform in components.transforms.items():
-        if transform.spec.urn not in _PLACEHOLDER_URNS or transform.inputs or transform.subtransforms:
-            raise Refusal(
-                f"components.transforms[{transform_id!r}] is a {transform.spec.urn or 'composite'} transform; "
-                "a request may carry only the placeholder producers of its inputs "
-                f"({common_urns.primitives.IMPULSE.urn} without inputs), as Beam's clients send them"
-            )
-    for tag, pcoll_id in request.transform.inputs.items():
-        if pcoll_id not in components.pcollections:
-            raise Refusal(f"input {tag!r} names a PCollection the request does not carry")
-    roots = []
-    for pcoll_id, pcoll in components.pcollections.items():
-        roots.append((f"components.pcollections[{pcoll_id!r}]", pcoll.coder_id))
-        strategy = components.windowing_strategies.get(pcoll.windowing_strategy_id)
-        if strategy is None:
-            raise Refusal(
-                f"components.pcollections[{pcoll_id!r}] names a windowing strategy the request does not carry"
-            )
-        where = f"components.windowing_strategies[{pcoll.windowing_strategy_id!r}]"
-        if strategy.window_fn.urn in _PICKLED_URNS:
-            raise Refusal(f"{where} has a pickled Python window function ({strategy.window_fn.urn})")
-        roots.append((where, strategy.window_coder_id))
-    roots.extend((f"output_coder_requests[{tag!r}]", coder_id) for tag, coder_id in request.output_coder_requests.items())
-    seen: set[str] = set()
-    for referrer, coder_id in roots:
-        _check_coders(components, referrer, coder_id, seen)
-
-
-def _check_coders(components: Any, referrer: str, coder_id: str, seen: set[str]) -> None:
-    """Refuses the coder ``coder_id`` and its component coders if Beam would run code to build them."""
-    pending = [(referrer, coder_id)]
-    while pending:
-        referrer, coder_id = pending.pop()
-        if coder_id in seen:
-            continue
-        if coder_id not in components.coders:
-            raise Refusal(f"{referrer} names a coder the request does not carry")
-        seen.add(coder_id)
-        coder = components.coders[coder_id]
-        where = f"components.coders[{coder_id!r}]"
-        if coder.spec.urn in _PICKLED_URNS:
-            raise Refusal(f"{where}, used by {referrer}, is a pickled Python coder ({coder.spec.urn})")
-        if coder.spec.urn == _ROW_CODER_URN:
-            schema = schema_pb2.Schema()
-            try:
-                schema.ParseFromString(coder.spec.payload)
-            except Exception:  # DecodeError, RecursionError
-                raise Refusal(f"{where} is a Row coder without a valid schema") from None
-            code = [(path, urn) for path, urn in compat.logical_types(schema) if urn in compat.CODE_LOGICAL_TYPES]
-            if code:
-                raise Refusal(f"{where}: {compat.describe_logical_types(code)}")
-        pending.extend((where, component) for component in coder.component_coder_ids)
-
-
-def drop_unsafe_output_coder_requests(
-    request: beam_expansion_api_pb2.ExpansionRequest,
-) -> beam_expansion_api_pb2.ExpansionRequest:
-    """The request without output coder requests whose coders Beam would have to unpickle.
-
-    Beam's Python client asks for a pickled ``FastPrimitivesCoder`` output coder whenever it knows
-    no output type; honouring it means unpickling client bytes. The composites type their outputs
-    themselves, so such a request is dropped rather than refused.
-    """
-    unsafe = []
-    for tag, coder_id in request.output_coder_requests.items():
-        try:
-            _check_coders(request.components, f"output_coder_requests[{tag!r}]", coder_id, set())
-        except Refusal as e:
-            unsafe.append(tag)
-            _LOGGER.debug("Ignoring output coder request: %s", e)
-    if not unsafe:
-        return request
-    cleaned = beam_expansion_api_pb2.ExpansionRequest()
-    cleaned.CopyFrom(request)
-    for tag in unsafe:
-        del cleaned.output_coder_requests[tag]
-    return cleaned
-
-
-def check_configuration(request: beam_expansion_api_pb2.ExpansionRequest) -> None:
-    """Refuses a configuration payload whose schema holds logical types (Python code among them)."""
-    payload = external_transforms_pb2.ExternalConfigurationPayload()
-    try:
-        payload.ParseFromString(request.transform.spec.payload)
-    except Exception:  # DecodeError, RecursionError
-        raise Refusal("the payload is not an ExternalConfigurationPayload") from None
-    found = compat.logical_types(payload.schema)
-    if found:
-        raise Refusal(compat.describe_logical_types(found))
+# Transforms whose payload is Python code or a pickle that Beam runs when it expands them: an
+# operator cannot allow them (--allow-urn).
+_CODE_URNS = PICKLED_URNS | {
+    compat.FULLY_QUALIFIED_NAMED_URN,
+    "beam:transform:pardo:v1",
+    "beam:transform:combine_globally:v1",
+    "beam:transform:combine_per_key:v1",
+    "beam:transform:combine_grouped_values:v1",
+    "beam:transform:window_into:v1",
+    "beam:transform:read:v1",
+    "beam:transform:generic_composite:v1",
+}
 
 
 class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
-    """Beam's expansion servicer, restricted to the URNs this service serves."""
+    """Beam's expansion servicer, restricted to the URNs this service serves, with a deadline."""
 
-    def __init__(self, options: PipelineOptions, served_urns: Iterable[str] = SERVED_URNS) -> None:
+    def __init__(
+        self,
+        options: PipelineOptions,
+        allowed_urns: frozenset[str] = frozenset(),
+        timeout_secs: float = 60.0,
+    ) -> None:
         super().__init__(options)
-        self._served_urns = frozenset(served_urns)
+        self._served_urns = SERVED_URNS | allowed_urns
+        self._allowed_urns = allowed_urns
+        self._timeout_secs = timeout_secs
+        # Expansions run here so that one over its deadline can be answered while it finishes.
+        self._expansions = futures.ThreadPoolExecutor(thread_name_prefix="inferbridge-expand")
 
     def Expand(self, request: Any, context: Any = None) -> Any:
         urn = request.transform.spec.urn
@@ -185,7 +134,7 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
             if fully_qualified_named:
                 request = compat.translate(request)
                 _LOGGER.info("Expanding %s as %s", urn, request.transform.spec.urn)
-            else:
+            elif urn in SERVED_URNS or _is_configuration_payload(request):
                 check_configuration(request)
         except compat.KwargsError as e:
             return self._refuse(urn, str(e))
@@ -198,7 +147,49 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
                     f"arguments (kwargs), no positional arguments and no Python code; served URNs: {served}",
                 )
             return self._refuse(urn, f"the InferBridge expansion service refuses this request for {urn}: {e}")
-        return super().Expand(request, context)
+        return self._expand_within_deadline(urn, request, context)
+
+    def _expand_within_deadline(self, urn: str, request: Any, context: Any) -> Any:
+        timeout = self._timeout_secs
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        started = time.monotonic()
+        expansion = self._expansions.submit(super().Expand, request, context)
+        try:
+            response = expansion.result(timeout=timeout)
+        except futures.TimeoutError:
+            return self._refuse(
+                urn,
+                f"the expansion of {urn} did not finish within {timeout:.1f} s (the service's "
+                f"--expansion-timeout-secs is {self._timeout_secs:g}, or the client's deadline was shorter)",
+            )
+        _LOGGER.info(
+            "Expanded %s in %.0f ms%s",
+            urn,
+            (time.monotonic() - started) * 1000,
+            " with an error" if response.error else "",
+        )
+        return response
+
+    def DiscoverSchemaTransform(self, request: Any, context: Any = None) -> Any:
+        """The transforms this service expands, with their configuration schemas."""
+        response = beam_expansion_api_pb2.DiscoverSchemaTransformResponse()
+        for urn, (config_type, inputs, outputs, description) in _CATALOG.items():
+            response.schema_transform_configs[urn].CopyFrom(
+                beam_expansion_api_pb2.SchemaTransformConfig(
+                    config_schema=schemas.named_tuple_to_schema(config_type),
+                    input_pcollection_names=inputs,
+                    output_pcollection_names=outputs,
+                    description=description,
+                )
+            )
+        for urn in self._allowed_urns:
+            response.schema_transform_configs[urn].description = "allowed by the service's operator (--allow-urn)"
+        return response
+
+    def shutdown(self) -> None:
+        self._expansions.shutdown(wait=True)
 
     @staticmethod
     def _refuse(urn: str, message: str) -> Any:
@@ -206,125 +197,287 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
         return beam_expansion_api_pb2.ExpansionResponse(error=message)
 
 
+def _is_configuration_payload(request: Any) -> bool:
+    payload = external_transforms_pb2.ExternalConfigurationPayload()
+    try:
+        payload.ParseFromString(request.transform.spec.payload)
+    except Exception:  # DecodeError, RecursionError: not this kind of payload
+        return False
+    return payload.HasField("schema")
+
+
 def _refuse_file_reads(path: str) -> Any:
     # Environments built here stage no artifacts, so nothing may be read through this service.
     raise ValueError(f"the InferBridge expansion service does not serve files ({path!r})")
 
 
-class ExpansionServer:
-    """The gRPC server: expansion, (empty) artifact retrieval and an in-process worker pool."""
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """How the service listens, whom it serves, and where the transforms it expands run."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8097) -> None:
-        self._server = grpc.server(
-            thread_pool_executor.shared_unbounded_instance(),
-            # Without this, Linux lets a second server bind the same port silently.
-            options=[("grpc.so_reuseport", 0)],
+    host: str = "127.0.0.1"
+    port: int = 8097
+    auth_token: Optional[str] = None
+    tls: Optional[grpc.ServerCredentials] = None
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_concurrent_requests: int = 256
+    expansion_timeout_secs: float = 60.0
+    allowed_urns: frozenset[str] = frozenset()
+    # EMBEDDED: the worker pool below runs the Python stages; else Beam's environment type.
+    environment_type: str = "EMBEDDED"
+    environment_config: Optional[str] = None
+    worker_pool_host: str = "127.0.0.1"
+    worker_pool_port: int = 0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _new_server(
+    flag: str, host: str, port: int, credentials: Optional[grpc.ServerCredentials] = None, **kwargs: Any
+) -> tuple[grpc.Server, int]:
+    options = kwargs.pop("options", [])
+    # Without grpc.so_reuseport=0, Linux lets a second server bind the same port silently.
+    server = grpc.server(
+        thread_pool_executor.shared_unbounded_instance(), options=[("grpc.so_reuseport", 0), *options], **kwargs
+    )
+    address = _address(host, port)
+    try:
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise OSError(
+            f"cannot listen on {address}: the port is already in use or the address is not "
+            f"available on this machine; choose another {flag} (or stop the process using it)"
         )
-        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        try:
-            bound = self._server.add_insecure_port(address)
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise OSError(
-                f"cannot listen on {address}: the port is already in use or the address is not "
-                "available on this machine; choose another --port (or stop the process using it)"
+    return server, bound
+
+
+class ExpansionServer:
+    """The gRPC servers: expansion, discovery, health and (empty) artifact retrieval on the
+    service port; the worker pool, when embedded, on a loopback port of its own."""
+
+    def __init__(self, config: ServiceConfig = ServiceConfig()) -> None:
+        self.config = config
+        self._server, self.port = _new_server(
+            "--port",
+            config.host,
+            config.port,
+            config.tls,
+            interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else [],
+            maximum_concurrent_rpcs=config.max_concurrent_requests,
+            options=[
+                ("grpc.max_receive_message_length", config.max_request_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self._worker_pool: Optional[grpc.Server] = None
+        if config.environment_type == "EMBEDDED":
+            self._worker_pool, pool_port = _new_server("--worker-pool-port", config.worker_pool_host, config.worker_pool_port)
+            beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
+                worker_pool_main.BeamFnExternalWorkerPoolServicer(), self._worker_pool
             )
-        self.port = bound
-        self.host = host
-        # Workers the runner starts through this pool connect from the same machine.
-        advertised_host = "localhost" if host in _WILDCARD_HOSTS else host
-        self.worker_address = f"{advertised_host}:{bound}"
-        options = PipelineOptions(
-            [
-                "--experiments=beam_fn_api",
-                "--sdk_location=container",
-                "--environment_type=EXTERNAL",
-                f"--environment_config={self.worker_address}",
-            ]
+            # Workers the runner starts through the pool connect from this machine.
+            pool_host = "localhost" if config.worker_pool_host in _WILDCARD_HOSTS else config.worker_pool_host
+            environment = ["--environment_type=EXTERNAL", f"--environment_config={_address(pool_host, pool_port)}"]
+        else:
+            environment = [f"--environment_type={config.environment_type}"]
+            if config.environment_config:
+                environment.append(f"--environment_config={config.environment_config}")
+        self.environment = " ".join(environment)
+        self._servicer = InferBridgeExpansionServicer(
+            PipelineOptions(["--experiments=beam_fn_api", "--sdk_location=container", *environment]),
+            config.allowed_urns,
+            config.expansion_timeout_secs,
         )
-        beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(
-            InferBridgeExpansionServicer(options), self._server
-        )
+        beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(self._servicer, self._server)
         beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
             artifact_service.ArtifactRetrievalService(_refuse_file_reads), self._server
         )
-        beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
-            worker_pool_main.BeamFnExternalWorkerPoolServicer(), self._server
-        )
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return _address(self.config.host, self.port)
 
     def start(self) -> None:
+        if self._worker_pool is not None:
+            self._worker_pool.start()
         self._server.start()
+        for service in ("", EXPANSION_SERVICE_NAME):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace_secs: Optional[float] = 10.0) -> None:
+    def stop(self, grace_secs: Optional[float] = 30.0) -> None:
+        """Stops taking requests, lets in-flight ones finish (up to ``grace_secs``), then stops."""
+        self._health.enter_graceful_shutdown()
         self._server.stop(grace_secs).wait()
+        self._servicer.shutdown()
+        if self._worker_pool is not None:
+            self._worker_pool.stop(grace_secs).wait()
 
 
-def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": "inferbridge-expansion-service",
+            "version": VERSION,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        _JsonFormatter.converter = time.gmtime
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # force: importing Beam may already have configured the root logger.
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _env_name(flag: str) -> str:
+    return "INFERBRIDGE_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferbridge-expansion-service",
-        description="Serve InferBridge inference composites to Beam pipelines in any language.",
+        description="Serve InferBridge inference composites to Beam pipelines in any language. "
+        "Every flag may also be given by the environment variable named after it.",
     )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to bind (default: %(default)s, loopback only; use 0.0.0.0 inside a container)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=8097, help="port to listen on; 0 picks a free one (default: %(default)s)"
-    )
-    # What models expanded pipelines may load (see inferbridge.policy); defaults come from the
-    # INFERBRIDGE_MODEL_ROOTS / _TRUSTED_MODEL_ROOTS / _ALLOWED_MODEL_CLASSES variables.
+
+    def flag(name: str, env: Optional[str] = None, parse: Callable[[str], Any] = str, **kwargs: Any) -> None:
+        env = env or _env_name(name)
+        if env in os.environ:
+            raw = os.environ[env]
+            if kwargs.get("action") == "append":
+                kwargs["default"] = [p.strip() for p in raw.split(",") if p.strip()]
+            else:
+                try:
+                    kwargs["default"] = parse(raw)
+                except ValueError:
+                    parser.error(f"${env}={raw!r} is not valid for {name}")
+        kwargs["help"] = kwargs.get("help", "") + f" [env {env}]"
+        parser.add_argument(name, type=parse, **kwargs)
+
+    listen = parser.add_argument_group("listening")
+    flag("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback only; "
+         "0.0.0.0 inside a container)")
+    flag("--port", parse=int, default=8097, help="port to listen on; 0 picks a free one (default: %(default)s)")
+    flag("--max-request-bytes", parse=int, default=4 * 1024 * 1024,
+         help="largest request accepted; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)")
+    flag("--max-concurrent-requests", parse=int, default=256,
+         help="requests served at once; more get RESOURCE_EXHAUSTED (default: %(default)s)")
+    flag("--expansion-timeout-secs", parse=float, default=60.0,
+         help="an expansion taking longer is answered with an error (default: %(default)s)")
+    flag("--shutdown-grace-secs", parse=float, default=30.0,
+         help="on SIGTERM, how long in-flight requests may still take (default: %(default)s)")
+
+    security = parser.add_argument_group("security")
+    flag("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token>' on every RPC "
+         "(health checks aside), the token read from FILE; or set $INFERBRIDGE_AUTH_TOKEN itself")
+    flag("--tls-cert-file", metavar="PEM", help="serve TLS with this certificate (chain)")
+    flag("--tls-key-file", metavar="PEM", help="the private key of --tls-cert-file")
+    flag("--tls-client-ca-file", metavar="PEM", help="also require client certificates signed by this CA")
+    flag("--allow-urn", action="append", default=[], metavar="URN",
+         help="also expand this URN (repeatable); it must be registered by an --import module, "
+         "and may not be one whose payload is Python code")
+    flag("--import", dest="imports", env="INFERBRIDGE_IMPORTS", action="append", default=[], metavar="MODULE",
+         help="import this module at start-up, to register the transforms of --allow-urn (repeatable)")
+    # What models expanded pipelines may load (see inferbridge.policy).
     env = LoadPolicy.from_env()
-    parser.add_argument(
-        "--model-root",
-        action="append",
-        default=list(env.model_roots),
-        metavar="DIR_OR_URI",
-        help="models must be under one of these (repeatable; default: anywhere)",
+    flag("--model-root", env="INFERBRIDGE_MODEL_ROOTS", action="append", default=list(env.model_roots),
+         metavar="DIR_OR_URI", help="models must be under one of these (repeatable; default: anywhere)")
+    flag("--trusted-model-root", env="INFERBRIDGE_TRUSTED_MODEL_ROOTS", action="append",
+         default=list(env.trusted_roots), metavar="DIR_OR_URI",
+         help="pickle, joblib and TorchScript models, which run code when loaded, may be loaded from "
+         "here (repeatable; default: nowhere)")
+    flag("--allow-model-class", env="INFERBRIDGE_ALLOWED_MODEL_CLASSES", action="append",
+         default=list(env.allowed_model_classes), metavar="MODULE_PREFIX",
+         help="PyTorch model classes may be imported from modules under this prefix (repeatable; default: none)")
+
+    workers = parser.add_argument_group("where the expanded Python stages run")
+    flag("--environment-type", default="EMBEDDED", choices=["EMBEDDED", "EXTERNAL", "DOCKER", "PROCESS"],
+         help="EMBEDDED: this service's own worker pool (local runners); EXTERNAL: worker pools at "
+         "--environment-config host:port (Flink worker-pool sidecars); DOCKER: the SDK worker image "
+         "--environment-config; PROCESS: Beam's process environment (default: %(default)s)")
+    flag("--environment-config", help="address, image or command for --environment-type")
+    flag("--worker-pool-host", default="127.0.0.1",
+         help="interface of the embedded worker pool; anyone reaching it can start workers, so keep "
+         "it private (default: %(default)s)")
+    flag("--worker-pool-port", parse=int, default=0, help="port of the embedded worker pool (default: a free one)")
+
+    logs = parser.add_argument_group("logging")
+    flag("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+    flag("--log-format", default="text", choices=["text", "json"],
+         help="json: one JSON object per line (default: %(default)s)")
+    return parser
+
+
+def _service_config(args: argparse.Namespace) -> ServiceConfig:
+    """The configuration the flags describe; ValueError names the flag at fault."""
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--import={module!r} cannot be imported: {e}") from None
+    for urn in args.allow_urn:
+        if urn in _CODE_URNS:
+            raise ValueError(f"--allow-urn={urn!r} cannot be allowed: its payload is Python code the service would run")
+        if urn not in ptransform.PTransform._known_urns:
+            raise ValueError(
+                f"--allow-urn={urn!r} names no transform registered in this Python environment; "
+                "register it from a module given with --import"
+            )
+    if args.environment_type != "EMBEDDED" and not args.environment_config and args.environment_type != "PROCESS":
+        raise ValueError(f"--environment-type={args.environment_type} needs --environment-config")
+    for name in ("max_request_bytes", "max_concurrent_requests", "expansion_timeout_secs"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be positive")
+    return ServiceConfig(
+        host=args.host,
+        port=args.port,
+        auth_token=read_token(args.auth_token_file),
+        tls=server_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file),
+        max_request_bytes=args.max_request_bytes,
+        max_concurrent_requests=args.max_concurrent_requests,
+        expansion_timeout_secs=args.expansion_timeout_secs,
+        allowed_urns=frozenset(args.allow_urn),
+        environment_type=args.environment_type,
+        environment_config=args.environment_config,
+        worker_pool_host=args.worker_pool_host,
+        worker_pool_port=args.worker_pool_port,
     )
-    parser.add_argument(
-        "--trusted-model-root",
-        action="append",
-        default=list(env.trusted_roots),
-        metavar="DIR_OR_URI",
-        help="pickle, joblib and TorchScript models, which run code when loaded, may be loaded "
-        "from here (repeatable; default: nowhere)",
-    )
-    parser.add_argument(
-        "--allow-model-class",
-        action="append",
-        default=list(env.allowed_model_classes),
-        metavar="MODULE_PREFIX",
-        help="PyTorch model classes may be imported from modules under this prefix (repeatable; "
-        "default: none)",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
-    )
-    return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parse_args(argv)
-    # force: importing Beam may already have configured the root logger.
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    args = _parser().parse_args(argv)
+    _configure_logging(args.log_level, args.log_format)
     try:
         policy = LoadPolicy(
             model_roots=tuple(args.model_root),
             trusted_roots=tuple(args.trusted_model_root),
             allowed_model_classes=tuple(args.allow_model_class),
         )
+        config = _service_config(args)
     except ValueError as e:
         print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
         return 2
     inference.configure_load_policy(policy)
     try:
-        server = ExpansionServer(args.host, args.port)
+        server = ExpansionServer(config)
     except OSError as e:
         print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
         return 2
@@ -333,16 +486,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     server.start()
     _LOGGER.info(
-        "InferBridge expansion service %s (Apache Beam %s) listening on %s; serving %s",
+        "InferBridge expansion service %s (Apache Beam %s) listening on %s (%s%s); serving %s; "
+        "Python stages run in: %s",
         VERSION,
         apache_beam.__version__,
         server.address,
-        ", ".join(sorted(SERVED_URNS)),
+        "TLS" if config.tls else "plaintext",
+        ", bearer token required" if config.auth_token else "",
+        ", ".join(sorted(SERVED_URNS | config.allowed_urns)),
+        server.environment,
     )
     _LOGGER.info("Model policy: %s", policy)
     stopping.wait()
-    _LOGGER.info("Shutting down: finishing in-flight requests")
-    server.stop()
+    _LOGGER.info("Shutting down: finishing in-flight requests (up to %g s)", args.shutdown_grace_secs)
+    server.stop(args.shutdown_grace_secs)
+    _LOGGER.info("Stopped")
     return 0
 
 

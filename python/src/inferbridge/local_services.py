@@ -24,6 +24,8 @@ from typing import Iterator, Optional, Sequence
 import grpc
 from apache_beam.runners.portability import local_job_service
 
+from inferbridge import healthcheck
+
 EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE"
 JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT"
 
@@ -34,7 +36,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: float) -> None:
+def wait_until_serving(
+    address: str, process: subprocess.Popen, timeout_secs: float, tls_ca_file: Optional[str] = None
+) -> None:
+    """Waits until the service at ``address`` answers its health check with SERVING."""
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -42,20 +47,26 @@ def wait_until_serving(address: str, process: subprocess.Popen, timeout_secs: fl
                 f"the expansion service exited with status {process.returncode} before serving "
                 f"on {address}; its log is above"
             )
-        with grpc.insecure_channel(address) as channel:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
+        try:
+            if healthcheck.check(address, timeout_secs=1, ca_file=tls_ca_file) == "SERVING":
                 return
-            except grpc.FutureTimeoutError:
-                pass
+        except grpc.RpcError:
+            time.sleep(0.2)
     raise TimeoutError(f"the expansion service did not start serving on {address} in {timeout_secs}s")
 
 
 @contextlib.contextmanager
 def expansion_service(
-    port: int = 0, log_level: str = "WARNING", timeout_secs: float = 60, service_args: Sequence[str] = ()
+    port: int = 0,
+    log_level: str = "WARNING",
+    timeout_secs: float = 60,
+    service_args: Sequence[str] = (),
+    tls_ca_file: Optional[str] = None,
 ) -> Iterator[str]:
-    """Runs ``inferbridge-expansion-service [service_args]`` in a child process; yields its address."""
+    """Runs ``inferbridge-expansion-service [service_args]`` in a child process; yields its address.
+
+    ``tls_ca_file``: the certificate to trust when ``service_args`` turn TLS on.
+    """
     port = port or free_port()
     address = f"localhost:{port}"
     process = subprocess.Popen(
@@ -65,12 +76,12 @@ def expansion_service(
         ]
     )
     try:
-        wait_until_serving(address, process, timeout_secs)
+        wait_until_serving(address, process, timeout_secs, tls_ca_file)
         yield address
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
