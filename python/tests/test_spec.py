@@ -81,6 +81,7 @@ def test_config_round_trips_through_the_row_coder():
         (dict(variable_length="crop"), "variable_length='crop' is not supported; allowed: bucket, pad"),
         (dict(max_models_per_worker=-1), "max_models_per_worker must be a positive integer, got -1"),
         (dict(min_ram="lots"), "min_ram='lots' is not a memory size"),
+        (dict(accelerator="gpu\r\x80"), "accelerator='gpu\\r\\x80' must be printable ASCII"),
         (dict(preprocess=[Step("blur")]), "preprocess step 'blur' is not registered; available:"),
         (dict(preprocess=[Step("scale")]), "preprocess step 'scale': parameter 'factor' is required"),
         (dict(preprocess=[Step("scale", factor="2")]), "preprocess step 'scale': parameter 'factor' must be a number, got '2'"),

@@ -447,7 +447,11 @@ def schema_description(config_type: type = RunInferenceConfig) -> list[str]:
     """A configuration schema as ``name: TYPE`` lines, the form of the golden files."""
     from apache_beam.typehints import schemas
 
-    schema = schemas.named_tuple_to_schema(config_type)
+    return describe_schema(schemas.named_tuple_to_schema(config_type))
+
+
+def describe_schema(schema: Any) -> list[str]:
+    """A ``schema_pb2.Schema`` as ``name: TYPE`` lines."""
     return [f"{f.name}: {_describe(f.type)}" for f in schema.fields]
 
 
@@ -509,3 +513,8 @@ def _check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) ->
             ) from None
     if accelerator is not None:
         _require_name("accelerator", accelerator)
+        if not (accelerator.isascii() and accelerator.isprintable()):
+            raise ValueError(
+                f"accelerator={accelerator!r} must be printable ASCII, e.g. "
+                "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
+            )

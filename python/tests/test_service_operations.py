@@ -1,0 +1,338 @@
+"""Operating the expansion service: health, discovery, limits, shutdown, logs, flags, load and fuzzing.
+
+Every test talks to the real service in a child process over gRPC.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import apache_beam as beam
+import grpc
+import pytest
+from apache_beam.coders import RowCoder
+from apache_beam.portability.api import (
+    beam_expansion_api_pb2,
+    beam_expansion_api_pb2_grpc,
+    external_transforms_pb2,
+    schema_pb2,
+)
+from apache_beam.transforms.external import ExternalTransform
+from apache_beam.typehints import schemas
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inferbridge import Inference, Model, Step, healthcheck
+from inferbridge.evaluate import EVALUATE_URN, EvaluateConfig
+from inferbridge.local_services import expansion_service, free_port, wait_until_serving
+from inferbridge.spec import RUN_INFERENCE_URN, RunInferenceConfig, describe_schema
+from slow_expansion import SLOW_URN, SlowIdentity
+
+TESTS_DIR = Path(__file__).resolve().parent
+GOLDEN = TESTS_DIR.parents[1] / "tests/golden"
+
+
+class _Recorder:
+    """An expansion service client that keeps the requests Beam's ExternalTransform sends."""
+
+    def __init__(self, address):
+        self._channel = grpc.insecure_channel(address)
+        self._stub = beam_expansion_api_pb2_grpc.ExpansionServiceStub(self._channel)
+        self.requests = []
+
+    def Expand(self, request, *args, **kwargs):
+        self.requests.append(request)
+        return self._stub.Expand(request)
+
+
+def _recorded_request(address, transform, inputs):
+    """The ExpansionRequest Beam's Python client sends for ``transform`` applied to ``inputs``."""
+    urn, payload = transform.to_runner_api_parameter(None)
+    payload = payload.SerializeToString() if hasattr(payload, "SerializeToString") else payload
+    recorder = _Recorder(address)
+    p = beam.Pipeline()  # never run: the request is all that is needed
+    p | beam.Create(inputs) | ExternalTransform(urn, payload, recorder)
+    return recorder.requests[0]
+
+
+def _expand(address, request, timeout=None):
+    with grpc.insecure_channel(address) as channel:
+        return beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).Expand(request, timeout=timeout)
+
+
+def _start(*args, env=None):
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "inferbridge.expansion_service", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**environ, **(env or {})},
+    )
+
+
+def _serving(*args, env=None):
+    """Starts the service with ``args`` on a free port; returns (process, address)."""
+    port = free_port()
+    process = _start("--port", str(port), *args, env=env)
+    address = f"localhost:{port}"
+    wait_until_serving(address, process, timeout_secs=60)
+    return process, address
+
+
+def _stop(process):
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=90)
+    return output
+
+
+@pytest.fixture(scope="module")
+def service(model_files):
+    models_dir = os.path.dirname(model_files["pickle"])
+    with expansion_service(service_args=[f"--trusted-model-root={models_dir}"]) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def inference_request(service, model_files, as_rows):
+    transform = Inference(
+        Model.sklearn(model_files["pickle"], output="predict_proba"),
+        key_field="id",
+        feature_fields="pixels",
+        postprocess=[Step("argmax")],
+    )
+    return _recorded_request(service, transform, as_rows([[0.0] * 64]))
+
+
+def test_answers_grpc_health_checks(service):
+    assert healthcheck.check(service) == "SERVING"
+    assert healthcheck.main(["--address", service]) == 0
+
+
+def test_discovery_lists_the_composites_with_their_configuration_schemas(service):
+    with grpc.insecure_channel(service) as channel:
+        response = beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).DiscoverSchemaTransform(
+            beam_expansion_api_pb2.DiscoverSchemaTransformRequest()
+        )
+    configs = response.schema_transform_configs
+    assert set(configs) == {RUN_INFERENCE_URN, EVALUATE_URN}
+    for urn, golden in ((RUN_INFERENCE_URN, "run_inference_v1.schema"), (EVALUATE_URN, "evaluate_v1.schema")):
+        described = describe_schema(configs[urn].config_schema)
+        expected = [line for line in (GOLDEN / golden).read_text().splitlines() if line and not line.startswith("#")]
+        assert described == expected, urn
+        assert configs[urn].description
+    assert list(configs[RUN_INFERENCE_URN].input_pcollection_names) == ["rows", "model_updates"]
+    assert list(configs[RUN_INFERENCE_URN].output_pcollection_names) == ["inferences", "failures"]
+
+
+def test_a_hundred_concurrent_expansions_all_succeed(service, inference_request):
+    started = time.monotonic()
+    with futures.ThreadPoolExecutor(max_workers=100) as pool:
+        responses = list(pool.map(lambda _: _expand(service, inference_request, timeout=120), range(100)))
+    elapsed = time.monotonic() - started
+    errors = [r.error for r in responses if r.error]
+    assert not errors, errors[0]
+    assert all(r.transform.spec.urn for r in responses)
+    assert healthcheck.check(service) == "SERVING"
+    print(f"100 concurrent expansions in {elapsed:.2f} s")
+
+
+_CONFIG_SCHEMA = schemas.named_tuple_to_schema(RunInferenceConfig)
+_CONFIG_CODER = RowCoder(_CONFIG_SCHEMA)
+
+_ATOMIC = {
+    schema_pb2.STRING: st.text(max_size=40),
+    schema_pb2.INT64: st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    schema_pb2.INT32: st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    schema_pb2.DOUBLE: st.floats(allow_nan=True),
+    schema_pb2.FLOAT: st.floats(allow_nan=True, width=32),
+    schema_pb2.BOOLEAN: st.booleans(),
+}
+
+
+def _values(field_type):
+    """Any value of a schema field type (None too where it is nullable)."""
+    kind = field_type.WhichOneof("type_info")
+    if kind == "atomic_type":
+        values = _ATOMIC[field_type.atomic_type]
+    elif kind == "array_type":
+        values = st.lists(_values(field_type.array_type.element_type), max_size=3)
+    else:
+        row_type = schemas.named_tuple_from_schema(field_type.row_type.schema)
+        fields = field_type.row_type.schema.fields
+        values = st.fixed_dictionaries({f.name: _values(f.type) for f in fields}).map(lambda d: row_type(**d))
+    return st.none() | values if field_type.nullable else values
+
+
+def _fuzzed_config(valid):
+    """Configurations that differ from ``valid`` in one to three fields, drawn from their types."""
+    types = {f.name: f.type for f in _CONFIG_SCHEMA.fields}
+    names = st.lists(st.sampled_from(list(types)), min_size=1, max_size=3, unique=True)
+    return names.flatmap(
+        lambda chosen: st.fixed_dictionaries({n: _values(types[n]) for n in chosen}).map(lambda c: valid._replace(**c))
+    )
+
+
+def _with_payload(request, payload):
+    fuzzed = beam_expansion_api_pb2.ExpansionRequest()
+    fuzzed.CopyFrom(request)
+    fuzzed.transform.spec.payload = payload
+    return fuzzed
+
+
+def _valid_config(request):
+    payload = external_transforms_pb2.ExternalConfigurationPayload.FromString(request.transform.spec.payload)
+    row = RowCoder(payload.schema).decode(payload.payload)
+    return RunInferenceConfig(**{name: getattr(row, name) for name in RunInferenceConfig._fields})
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(service, inference_request):
+    valid = _valid_config(inference_request)
+    assert not _expand(service, inference_request).error
+    return service, inference_request, valid
+
+
+def _assert_clear_refusal_or_success(response):
+    if response.error:
+        last = response.error.strip().splitlines()[-1]
+        # Beam's error is the traceback; its last line is the exception, which must say something.
+        assert ":" in last and len(last.split(":", 1)[1].strip()) > 3, response.error[-2000:]
+
+
+@pytest.mark.timeout(900)
+def test_fuzzed_configurations_get_errors_and_never_kill_the_service(fuzz_target):
+    service, request, valid = fuzz_target
+    outcomes = {"expanded": 0, "refused": 0}
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+    @given(config=_fuzzed_config(valid))
+    def expand_fuzzed(config):
+        payload = external_transforms_pb2.ExternalConfigurationPayload(
+            schema=_CONFIG_SCHEMA, payload=_CONFIG_CODER.encode(config)
+        )
+        response = _expand(service, _with_payload(request, payload.SerializeToString()), timeout=120)
+        _assert_clear_refusal_or_success(response)
+        outcomes["refused" if response.error else "expanded"] += 1
+
+    expand_fuzzed()
+    assert healthcheck.check(service) == "SERVING"
+    assert outcomes["refused"] > 0
+    print(f"fuzzed configurations: {outcomes}")
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_payload_bytes_get_errors_and_never_kill_the_service(fuzz_target):
+    service, request, _ = fuzz_target
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+    @given(payload=st.binary(max_size=2000) | st.just(request.transform.spec.payload).map(lambda p: p[: len(p) // 2]))
+    def expand_fuzzed(payload):
+        response = _expand(service, _with_payload(request, payload), timeout=120)
+        assert response.error
+
+    expand_fuzzed()
+    assert healthcheck.check(service) == "SERVING"
+
+
+def test_operator_allowed_urns_expand_and_slow_expansions_hit_the_deadline(as_rows):
+    process, address = _serving(
+        "--import", "slow_expansion", "--allow-urn", SLOW_URN, "--expansion-timeout-secs", "1"
+    )
+    try:
+        quick = _expand(address, _recorded_request(address, SlowIdentity(0.0), [1, 2]))
+        assert not quick.error, quick.error
+        slow = _expand(address, _with_payload(_recorded_request(address, SlowIdentity(0.0), [1]), b"sleep=5"))
+    finally:
+        output = _stop(process)
+    assert f"the expansion of {SLOW_URN} did not finish within 1.0 s" in slow.error, output
+
+
+def test_sigterm_lets_in_flight_expansions_finish(as_rows):
+    process, address = _serving("--import", "slow_expansion", "--allow-urn", SLOW_URN)
+    slow_request = _with_payload(_recorded_request(address, SlowIdentity(0.0), [1]), b"sleep=3")
+    with futures.ThreadPoolExecutor(max_workers=5) as pool:
+        in_flight = [pool.submit(_expand, address, slow_request, 60) for _ in range(5)]
+        time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in in_flight]
+    output, _ = process.communicate(timeout=60)
+    assert [r.error for r in responses] == [""] * 5
+    assert process.returncode == 0, output
+    assert "Shutting down: finishing in-flight requests" in output and "Stopped" in output
+
+
+def test_requests_over_the_size_limit_are_refused(inference_request):
+    process, address = _serving("--max-request-bytes", "1024")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            _expand(address, _with_payload(inference_request, b"x" * 4096))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert healthcheck.check(address) == "SERVING"
+    finally:
+        _stop(process)
+
+
+def test_json_logs_carry_the_version_and_the_address():
+    process, address = _serving("--log-format", "json")
+    output = _stop(process)
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    listening = [e for e in entries if "listening on" in e["message"]]
+    assert len(listening) == 1, output
+    assert listening[0]["version"] and listening[0]["level"] == "INFO"
+    assert address.split(":")[1] in listening[0]["message"]
+    assert entries[-1]["message"] == "Stopped"
+
+
+def test_flags_can_be_set_by_environment_variables():
+    port = free_port()
+    process = _start(env={"INFERBRIDGE_PORT": str(port), "INFERBRIDGE_LOG_FORMAT": "json"})
+    wait_until_serving(f"localhost:{port}", process, timeout_secs=60)
+    output = _stop(process)
+    assert f"listening on 127.0.0.1:{port}" in output
+    assert output.lstrip().startswith("{") or '{"time"' in output
+
+
+def test_bad_flag_values_from_the_environment_are_named():
+    process = _start(env={"INFERBRIDGE_PORT": "eighty"})
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "$INFERBRIDGE_PORT='eighty' is not valid for --port" in output
+
+
+def test_help_documents_every_flag_and_its_environment_variable():
+    process = _start("--help")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    flags = [
+        "--host", "--port", "--max-request-bytes", "--max-concurrent-requests", "--expansion-timeout-secs",
+        "--shutdown-grace-secs", "--auth-token-file", "--tls-cert-file", "--tls-key-file", "--tls-client-ca-file",
+        "--allow-urn", "--import", "--model-root", "--trusted-model-root", "--allow-model-class",
+        "--environment-type", "--environment-config", "--worker-pool-host", "--worker-pool-port", "--log-level",
+        "--log-format",
+    ]
+    for flag in flags:
+        assert flag in output, flag
+    for env in ("INFERBRIDGE_PORT", "INFERBRIDGE_AUTH_TOKEN_FILE", "INFERBRIDGE_TRUSTED_MODEL_ROOTS"):
+        assert env in output, env
+
+
+def test_other_environments_start_no_worker_pool_and_are_given_to_the_expanded_stages(inference_request, model_files):
+    process, address = _serving(
+        "--environment-type", "EXTERNAL", "--environment-config", "workers.example:50000",
+        "--trusted-model-root", os.path.dirname(model_files["pickle"]),
+    )
+    try:
+        response = _expand(address, inference_request)
+    finally:
+        output = _stop(process)
+    assert not response.error, response.error
+    payloads = [env.payload for env in response.components.environments.values()]
+    assert any(b"workers.example:50000" in p for p in payloads), output
+    assert "Python stages run in: --environment_type=EXTERNAL --environment_config=workers.example:50000" in output
