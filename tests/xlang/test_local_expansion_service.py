@@ -75,7 +75,7 @@ def test_pipeline_starts_the_service_from_the_python_environment_and_stops_it(ja
     pid, address, origin = started[0]
     assert origin == f"$INFERBRIDGE_PYTHON={sys.executable}"
     # Its own log line, forwarded by the JVM, gives the same address.
-    assert f"listening on {address};" in result.stderr
+    assert f"listening on {address} (plaintext)" in result.stderr
     # Stopped by the JVM's shutdown hook (SIGTERM: it exits with status 0), and gone with the JVM.
     assert f"Stopped the local InferBridge expansion service (pid {pid}): exit status 0" in result.stderr
     deadline = time.monotonic() + 10

@@ -21,6 +21,9 @@ import org.apache.beam.sdk.values.Row;
  *     result.getInferences().apply(Evaluate.of("label").withExpansionService("localhost:8097"));
  * // Rows of {model_id, count, correct, accuracy, classes, precision, recall, ..., confusion}
  * }</pre>
+ *
+ * <p>The expansion service is found as for {@link Inference}, and reached with the same kind of
+ * credentials ({@link #withServiceCredentials}, else those of the environment).
  */
 public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row>> {
   private static final long serialVersionUID = 1L;
@@ -64,31 +67,40 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
   private final String modelIdField;
   private final String expansionService;
   private final PythonEnvironment localPython;
+  private final transient ServiceCredentials serviceCredentials;
 
   private Evaluate(
-      String labelField, String predictionField, String modelIdField, String expansionService, PythonEnvironment localPython) {
+      String labelField,
+      String predictionField,
+      String modelIdField,
+      String expansionService,
+      PythonEnvironment localPython,
+      ServiceCredentials serviceCredentials) {
     this.labelField = labelField;
     this.predictionField = predictionField;
     this.modelIdField = modelIdField;
     this.expansionService = expansionService;
     this.localPython = localPython;
+    this.serviceCredentials = serviceCredentials;
   }
 
   /** Evaluates the {@code inference} field against {@code labelField}, per {@code model_id}. */
   public static Evaluate of(String labelField) {
-    return new Evaluate(requireName("of", labelField), "inference", "model_id", null, null);
+    return new Evaluate(requireName("of", labelField), "inference", "model_id", null, null, null);
   }
 
   /** The field holding the prediction (default {@code inference}). */
   public Evaluate withPredictionField(String field) {
     return new Evaluate(
-        labelField, requireName("withPredictionField", field), modelIdField, expansionService, localPython);
+        labelField, requireName("withPredictionField", field), modelIdField, expansionService, localPython,
+        serviceCredentials);
   }
 
   /** The field naming the model (default {@code model_id}). */
   public Evaluate withModelIdField(String field) {
     return new Evaluate(
-        labelField, predictionField, requireName("withModelIdField", field), expansionService, localPython);
+        labelField, predictionField, requireName("withModelIdField", field), expansionService, localPython,
+        serviceCredentials);
   }
 
   /**
@@ -103,7 +115,7 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
       throw new IllegalArgumentException(
           "Evaluate.withExpansionService(): expected host:port, e.g. localhost:8097, got \"" + address + "\"");
     }
-    return new Evaluate(labelField, predictionField, modelIdField, address, localPython);
+    return new Evaluate(labelField, predictionField, modelIdField, address, localPython, serviceCredentials);
   }
 
   /**
@@ -118,7 +130,21 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
           "Evaluate.withLocalExpansionService(): python must not be null; use e.g. "
               + "PythonEnvironment.virtualenv(\"/path/to/venv\")");
     }
-    return new Evaluate(labelField, predictionField, modelIdField, expansionService, python);
+    return new Evaluate(labelField, predictionField, modelIdField, expansionService, python, serviceCredentials);
+  }
+
+  /**
+   * How to authenticate to the expansion service and check its identity: a bearer token, TLS, or
+   * both; see {@link ServiceCredentials} and {@link Inference#withServiceCredentials}. Without
+   * this, the environment gives them ({@link ServiceCredentials#fromEnvironment()}).
+   */
+  public Evaluate withServiceCredentials(ServiceCredentials credentials) {
+    if (credentials == null) {
+      throw new IllegalArgumentException(
+          "Evaluate.withServiceCredentials(): credentials must not be null; use e.g. "
+              + "ServiceCredentials.token(token), ServiceCredentials.tls(\"/path/to/ca.pem\") or ServiceCredentials.none()");
+    }
+    return new Evaluate(labelField, predictionField, modelIdField, expansionService, localPython, credentials);
   }
 
   Row config() {
@@ -142,15 +168,26 @@ public final class Evaluate extends PTransform<PCollection<Row>, PCollection<Row
                 + schema.getFieldNames());
       }
     }
+    ServiceCredentials credentials =
+        ExpansionService.credentials("Evaluate", expansionService, localPython, serviceCredentials);
     String endpoint = ExpansionService.resolve("Evaluate", expansionService, localPython);
+    byte[] payload = InferenceConfig.payload(config());
+    SecureExpansionServiceClientFactory secure =
+        credentials.isNone() ? null : new SecureExpansionServiceClientFactory("Evaluate", credentials);
     PCollection<Row> output;
     try {
       output =
           input.apply(
               "Evaluate",
-              External.<PCollection<Row>, Row>of(EVALUATE_URN, InferenceConfig.payload(config()), endpoint));
+              secure == null
+                  ? External.<PCollection<Row>, Row>of(EVALUATE_URN, payload, endpoint)
+                  : External.<PCollection<Row>, Row>of(EVALUATE_URN, payload, endpoint, secure));
     } catch (RuntimeException e) {
-      throw ExpansionErrors.explain("Evaluate", endpoint, e);
+      throw ExpansionErrors.explain("Evaluate", endpoint, credentials, e);
+    } finally {
+      if (secure != null) {
+        secure.close();
+      }
     }
     if (!output.hasSchema() || !output.getSchema().equivalent(OUTPUT_SCHEMA)) {
       throw new IllegalStateException(

@@ -62,6 +62,66 @@ final class ExpansionService {
             + "=/path/to/venv (a virtualenv directory or a Python executable)");
   }
 
+  /**
+   * The credentials for the service of a transform given {@code address}, {@code python} and
+   * {@code configured} credentials (null: none given), with the process environment.
+   */
+  static ServiceCredentials credentials(
+      String transform, String address, PythonEnvironment python, ServiceCredentials configured) {
+    return credentials(transform, address, python, configured, System::getenv);
+  }
+
+  /**
+   * The {@code configured} credentials, else those of the environment ({@link
+   * ServiceCredentials#fromEnvironment()}). A service this JVM starts inherits the environment: it
+   * requires the environment's token, and serves TLS only when {@value
+   * ServiceCredentials#SERVICE_TLS_CERT_FILE_ENV} is set; then the transforms trust {@value
+   * ServiceCredentials#TLS_CA_FILE_ENV}, or else that certificate itself.
+   */
+  static ServiceCredentials credentials(
+      String transform,
+      String address,
+      PythonEnvironment python,
+      ServiceCredentials configured,
+      Function<String, String> getenv) {
+    if (configured != null) {
+      return configured;
+    }
+    ServiceCredentials fromEnv;
+    try {
+      fromEnv = ServiceCredentials.fromEnvironment(getenv);
+      if (!startsHere(address, python, getenv)) {
+        return fromEnv;
+      }
+      String serviceCertificate = getenv.apply(ServiceCredentials.SERVICE_TLS_CERT_FILE_ENV);
+      if (isBlank(serviceCertificate)) {
+        return fromEnv.withoutTls();
+      }
+      if (fromEnv.getTrustedCertificate() != null) {
+        return fromEnv;
+      }
+      String path = serviceCertificate.trim();
+      return fromEnv.trustingAs("$" + ServiceCredentials.SERVICE_TLS_CERT_FILE_ENV + "=" + path, path);
+    } catch (IllegalArgumentException e) {
+      throw new IllegalStateException(transform + ": " + e.getMessage(), e);
+    }
+  }
+
+  /** Whether {@link #resolve} gives a service this JVM starts. */
+  static boolean startsHere(String address, PythonEnvironment python, Function<String, String> getenv) {
+    if (address != null) {
+      return false;
+    }
+    if (python != null) {
+      return true;
+    }
+    return isBlank(getenv.apply(Inference.EXPANSION_SERVICE_ENV)) && !isBlank(getenv.apply(PythonEnvironment.PYTHON_ENV));
+  }
+
+  private static boolean isBlank(String value) {
+    return value == null || value.trim().isEmpty();
+  }
+
   /** Whether {@code value} looks like {@code host:port}. */
   static boolean isAddress(String value) {
     return value != null && value.matches("[^\\s:]+:\\d{1,5}");

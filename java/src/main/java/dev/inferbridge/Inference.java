@@ -72,7 +72,10 @@ import org.joda.time.Duration;
  * #EXPANSION_SERVICE_ENV}; a service this JVM starts from the Python environment (virtualenv
  * directory or Python executable) in {@value PythonEnvironment#PYTHON_ENV}. A service this JVM
  * starts runs until the JVM exits. {@code inferbridge-local -- <command>} starts an expansion
- * service and a job service for local runs and sets the variables.
+ * service and a job service for local runs and sets the variables. A service that requires a
+ * bearer token or TLS is reached with {@link #withServiceCredentials}, or the credentials in
+ * {@value ServiceCredentials#AUTH_TOKEN_ENV}, {@value ServiceCredentials#AUTH_TOKEN_FILE_ENV} and
+ * {@value ServiceCredentials#TLS_CA_FILE_ENV}.
  *
  * <p>Every {@code withX} method returns a new transform and checks its argument at once; settings
  * that depend on the input schema are checked when the transform is applied.
@@ -145,6 +148,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   private final transient PCollection<Row> modelUpdates;
   private final String expansionService;
   private final PythonEnvironment localPython;
+  private final transient ServiceCredentials serviceCredentials;
   private final transient ExpansionServiceClientFactory expansionClient;
 
   private Inference(Builder b) {
@@ -168,6 +172,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     this.modelUpdates = b.modelUpdates;
     this.expansionService = b.expansionService;
     this.localPython = b.localPython;
+    this.serviceCredentials = b.serviceCredentials;
     this.expansionClient = b.expansionClient;
   }
 
@@ -193,6 +198,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     PCollection<Row> modelUpdates;
     String expansionService;
     PythonEnvironment localPython;
+    ServiceCredentials serviceCredentials;
     ExpansionServiceClientFactory expansionClient;
 
     Inference build() {
@@ -222,6 +228,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     b.modelUpdates = modelUpdates;
     b.expansionService = expansionService;
     b.localPython = localPython;
+    b.serviceCredentials = serviceCredentials;
     b.expansionClient = expansionClient;
     return b;
   }
@@ -557,6 +564,33 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return b.build();
   }
 
+  /**
+   * How to authenticate to the expansion service and check its identity: a bearer token, TLS, or
+   * both (see {@link ServiceCredentials}). Without this, the environment gives them ({@link
+   * ServiceCredentials#fromEnvironment()}: {@value ServiceCredentials#AUTH_TOKEN_ENV}, {@value
+   * ServiceCredentials#AUTH_TOKEN_FILE_ENV}, {@value ServiceCredentials#TLS_CA_FILE_ENV});
+   * {@link ServiceCredentials#none()} ignores the environment.
+   *
+   * <pre>{@code
+   * Inference.of(SklearnModel.pickle("/models/digits.pkl"))
+   *     .withKeyField("id")
+   *     .withFeatureField("pixels")
+   *     .withExpansionService("inference.internal:8097")
+   *     .withServiceCredentials(
+   *         ServiceCredentials.tls("/etc/inferbridge/ca.pem").withTokenFromFile("/run/secrets/inferbridge-token"));
+   * }</pre>
+   */
+  public Inference withServiceCredentials(ServiceCredentials credentials) {
+    if (credentials == null) {
+      throw new IllegalArgumentException(
+          "withServiceCredentials(): credentials must not be null; use e.g. ServiceCredentials.token(token), "
+              + "ServiceCredentials.tls(\"/path/to/ca.pem\") or ServiceCredentials.none()");
+    }
+    Builder b = toBuilder();
+    b.serviceCredentials = credentials;
+    return b.build();
+  }
+
   /** Expands through {@code client} instead of a gRPC connection; for tests. */
   Inference withExpansionClient(ExpansionServiceClientFactory client) {
     Builder b = toBuilder();
@@ -600,17 +634,28 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
     }
+    ServiceCredentials credentials =
+        ExpansionService.credentials("Inference", expansionService, localPython, serviceCredentials);
     String endpoint = ExpansionService.resolve("Inference", expansionService, localPython);
     byte[] payload = InferenceConfig.payload(InferenceConfig.toRow(this));
+    SecureExpansionServiceClientFactory secure =
+        expansionClient == null && !credentials.isNone()
+            ? new SecureExpansionServiceClientFactory("Inference", credentials)
+            : null;
+    ExpansionServiceClientFactory client = expansionClient != null ? expansionClient : secure;
     External.SingleOutputExpandableTransform<PInput, Row> external =
-        expansionClient == null
+        client == null
             ? External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint)
-            : External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint, expansionClient);
+            : External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint, client);
     PCollectionTuple outputs;
     try {
       outputs = Pipeline.applyTransform("RunInference", externalInput(input), external.withMultiOutputs());
     } catch (RuntimeException e) {
-      throw ExpansionErrors.explain(endpoint, e);
+      throw ExpansionErrors.explain("Inference", endpoint, credentials, e);
+    } finally {
+      if (secure != null) {
+        secure.close();
+      }
     }
     return new InferenceResult(
         input.getPipeline(),

@@ -9,25 +9,72 @@ import org.apache.beam.model.expansion.v1.ExpansionApi.DiscoverSchemaTransformRe
 import org.apache.beam.model.expansion.v1.ExpansionApi.DiscoverSchemaTransformResponse;
 import org.apache.beam.model.expansion.v1.ExpansionApi.ExpansionRequest;
 import org.apache.beam.model.expansion.v1.ExpansionApi.ExpansionResponse;
+import org.apache.beam.model.expansion.v1.ExpansionServiceGrpc;
 import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
 import org.apache.beam.model.pipeline.v1.RunnerApi;
 import org.apache.beam.sdk.coders.RowCoder;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.util.construction.ExpansionServiceClient;
 import org.apache.beam.sdk.util.construction.ExpansionServiceClientFactory;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
 
 /**
  * An expansion service in this JVM: records the request, and answers with an error or with a
- * transform whose outputs are PCollections of Rows of the given schemas (tag to schema).
+ * transform whose outputs are PCollections of Rows of the given schemas (tag to schema). Used as
+ * the client factory of a transform, or served over gRPC ({@link #grpcService()}, see {@link
+ * GrpcTestServer}).
  */
 final class FakeExpansionService implements ExpansionServiceClientFactory {
-  ExpansionRequest request;
+  volatile ExpansionRequest request;
   private final String error;
   private final Map<String, Schema> outputs;
+  private final boolean stagesArtifacts;
 
-  private FakeExpansionService(String error, Map<String, Schema> outputs) {
+  private FakeExpansionService(String error, Map<String, Schema> outputs, boolean stagesArtifacts) {
     this.error = error;
     this.outputs = outputs;
+    this.stagesArtifacts = stagesArtifacts;
+  }
+
+  private FakeExpansionService(String error, Map<String, Schema> outputs) {
+    this(error, outputs, false);
+  }
+
+  /** Answers with the one output {@code tag} of Rows of {@code schema}, e.g. for Evaluate. */
+  static FakeExpansionService returningOne(String tag, Schema schema) {
+    return new FakeExpansionService(null, Collections.singletonMap(tag, schema));
+  }
+
+  /** The same answers, plus a new environment with an artifact to stage. */
+  FakeExpansionService stagingArtifacts() {
+    return new FakeExpansionService(error, outputs, true);
+  }
+
+  /** The answer to {@code expansionRequest}, which is recorded. */
+  ExpansionResponse answer(ExpansionRequest expansionRequest) {
+    request = expansionRequest;
+    if (error != null) {
+      return ExpansionResponse.newBuilder().setError(error).build();
+    }
+    return respond(expansionRequest);
+  }
+
+  /** This service as a gRPC expansion service; discovery answers with no transforms. */
+  ExpansionServiceGrpc.ExpansionServiceImplBase grpcService() {
+    return new ExpansionServiceGrpc.ExpansionServiceImplBase() {
+      @Override
+      public void expand(ExpansionRequest expansionRequest, StreamObserver<ExpansionResponse> response) {
+        response.onNext(answer(expansionRequest));
+        response.onCompleted();
+      }
+
+      @Override
+      public void discoverSchemaTransform(
+          DiscoverSchemaTransformRequest discover, StreamObserver<DiscoverSchemaTransformResponse> response) {
+        response.onNext(DiscoverSchemaTransformResponse.getDefaultInstance());
+        response.onCompleted();
+      }
+    };
   }
 
   static FakeExpansionService failing(String error) {
@@ -46,11 +93,7 @@ final class FakeExpansionService implements ExpansionServiceClientFactory {
     return new ExpansionServiceClient() {
       @Override
       public ExpansionResponse expand(ExpansionRequest expansionRequest) {
-        request = expansionRequest;
-        if (error != null) {
-          return ExpansionResponse.newBuilder().setError(error).build();
-        }
-        return respond(expansionRequest);
+        return answer(expansionRequest);
       }
 
       @Override
@@ -84,7 +127,15 @@ final class FakeExpansionService implements ExpansionServiceClientFactory {
                 .build());
         transform.putOutputs(output.getKey(), id);
       }
-      RunnerApi.Components components = sdk.toComponents().toBuilder().putAllPcollections(pcollections).build();
+      RunnerApi.Components.Builder components = sdk.toComponents().toBuilder().putAllPcollections(pcollections);
+      if (stagesArtifacts) {
+        components.putEnvironments(
+            "fake_staging",
+            RunnerApi.Environment.newBuilder()
+                .setUrn("beam:env:external:v1")
+                .addDependencies(RunnerApi.ArtifactInformation.newBuilder().setTypeUrn("beam:artifact:type:file:v1"))
+                .build());
+      }
       return ExpansionResponse.newBuilder().setComponents(components).setTransform(transform).build();
     } catch (IOException e) {
       throw new UncheckedIOException(e);
