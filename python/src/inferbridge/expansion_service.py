@@ -39,13 +39,14 @@ import apache_beam
 import grpc
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import (
+    beam_artifact_api_pb2,
     beam_artifact_api_pb2_grpc,
     beam_expansion_api_pb2,
     beam_expansion_api_pb2_grpc,
     beam_fn_api_pb2_grpc,
     external_transforms_pb2,
 )
-from apache_beam.runners.portability import artifact_service, expansion_service
+from apache_beam.runners.portability import expansion_service
 from apache_beam.runners.worker import worker_pool_main
 from apache_beam.transforms import ptransform
 from apache_beam.typehints import schemas
@@ -57,7 +58,6 @@ from inferbridge import compat, evaluate, inference, spec
 from inferbridge.compat import Refusal
 from inferbridge.policy import LoadPolicy
 from inferbridge.request_checks import (
-    PICKLED_URNS,
     check_components,
     check_configuration,
     drop_unsafe_output_coder_requests,
@@ -87,20 +87,6 @@ _CATALOG = {
         "Per window and model_id classification metrics (accuracy, precision, recall, confusion).",
     ),
 }
-
-# Transforms whose payload is Python code or a pickle that Beam runs when it expands them: an
-# operator cannot allow them (--allow-urn).
-_CODE_URNS = PICKLED_URNS | {
-    compat.FULLY_QUALIFIED_NAMED_URN,
-    "beam:transform:pardo:v1",
-    "beam:transform:combine_globally:v1",
-    "beam:transform:combine_per_key:v1",
-    "beam:transform:combine_grouped_values:v1",
-    "beam:transform:window_into:v1",
-    "beam:transform:read:v1",
-    "beam:transform:generic_composite:v1",
-}
-
 
 class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
     """Beam's expansion servicer, restricted to the URNs this service serves, with a deadline."""
@@ -206,9 +192,22 @@ def _is_configuration_payload(request: Any) -> bool:
     return payload.HasField("schema")
 
 
-def _refuse_file_reads(path: str) -> Any:
-    # Environments built here stage no artifacts, so nothing may be read through this service.
-    raise ValueError(f"the InferBridge expansion service does not serve files ({path!r})")
+class NoArtifactsServicer(beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceServicer):
+    """Artifact retrieval that serves nothing.
+
+    The environments this service builds stage no artifacts, so there is nothing to retrieve;
+    Beam's own retrieval service would read any local file or fetch any URL a client names.
+    """
+
+    def ResolveArtifacts(self, request: Any, context: Any = None) -> Any:
+        return beam_artifact_api_pb2.ResolveArtifactsResponse(replacements=request.artifacts)
+
+    def GetArtifact(self, request: Any, context: Any) -> Any:
+        _LOGGER.warning("Refused GetArtifact for an artifact of type %r", request.artifact.type_urn)
+        context.abort(
+            grpc.StatusCode.NOT_FOUND,
+            "the InferBridge expansion service serves no artifacts: the environments it returns stage none",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +292,7 @@ class ExpansionServer:
             config.expansion_timeout_secs,
         )
         beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(self._servicer, self._server)
-        beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
-            artifact_service.ArtifactRetrievalService(_refuse_file_reads), self._server
-        )
+        beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(NoArtifactsServicer(), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
@@ -392,8 +389,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--tls-key-file", metavar="PEM", help="the private key of --tls-cert-file")
     flag("--tls-client-ca-file", metavar="PEM", help="also require client certificates signed by this CA")
     flag("--allow-urn", action="append", default=[], metavar="URN",
-         help="also expand this URN (repeatable); it must be registered by an --import module, "
-         "and may not be one whose payload is Python code")
+         help="also expand this URN (repeatable); only URNs registered by an --import module")
     flag("--import", dest="imports", env="INFERBRIDGE_IMPORTS", action="append", default=[], metavar="MODULE",
          help="import this module at start-up, to register the transforms of --allow-urn (repeatable)")
     # What models expanded pipelines may load (see inferbridge.policy).
@@ -428,14 +424,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _service_config(args: argparse.Namespace) -> ServiceConfig:
     """The configuration the flags describe; ValueError names the flag at fault."""
+    # Only transforms the operator's own modules register may be allowed: Beam's own registered
+    # transforms (ParDo, Combine, WriteToBigQuery, ...) unpickle their payloads.
+    builtin = set(ptransform.PTransform._known_urns) | {compat.FULLY_QUALIFIED_NAMED_URN}
     for module in args.imports:
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"--import={module!r} cannot be imported: {e}") from None
     for urn in args.allow_urn:
-        if urn in _CODE_URNS:
-            raise ValueError(f"--allow-urn={urn!r} cannot be allowed: its payload is Python code the service would run")
+        if urn in builtin:
+            raise ValueError(
+                f"--allow-urn={urn!r} cannot be allowed: it is not registered by an --import module "
+                "(Beam's own transforms may unpickle their payloads, running client code)"
+            )
         if urn not in ptransform.PTransform._known_urns:
             raise ValueError(
                 f"--allow-urn={urn!r} names no transform registered in this Python environment; "
