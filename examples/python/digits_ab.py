@@ -5,7 +5,12 @@ joblib); every row is scored against its label by ``Evaluate``, per model. Failu
 row with too few pixels, added on purpose) are written to a file instead of failing the run.
 
     python examples/digits/train_model.py /tmp/digits
-    python examples/python/digits_ab.py /tmp/digits /tmp/digits-out
+    python examples/python/digits_ab.py /tmp/digits /tmp/digits-out [BEAM PIPELINE OPTIONS...]
+
+Beam's pipeline options choose where it runs (default: Beam's local runner), e.g.
+``--runner=PortableRunner --job_endpoint=localhost:8099 --environment_type=EXTERNAL
+--environment_config=localhost:50000`` for a job service whose Python workers come from a worker
+pool (such as the InferBridge image's ``worker-pool`` role).
 
 Prints one ``model=<id> accuracy=<a> rows=<n>`` line per model, then ``failures=<n>``.
 """
@@ -41,10 +46,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="the output folder of examples/digits/train_model.py")
     parser.add_argument("output_dir", type=Path)
-    args = parser.parse_args()
+    args, pipeline_args = parser.parse_known_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
-    with beam.Pipeline() as p:
+    with beam.Pipeline(argv=pipeline_args) as p:
         result = p | beam.Create(read_rows(args.model_dir)) | Inference(
             [
                 Model.sklearn(str(args.model_dir / "digits.pkl"), output="predict_proba", model_id="a", keys=["a"]),

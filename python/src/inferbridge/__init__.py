@@ -1,8 +1,26 @@
 """InferBridge: Apache Beam RunInference composites for Python and Java pipelines."""
 
-from inferbridge.evaluate import Evaluate
-from inferbridge.inference import Inference, InferenceResult
-from inferbridge.policy import LoadPolicy
-from inferbridge.spec import RUN_INFERENCE_URN, InferenceSpec, Model, Step
+import importlib
+from typing import Any
 
-__all__ = ["Evaluate", "Inference", "InferenceResult", "InferenceSpec", "LoadPolicy", "Model", "Step", "RUN_INFERENCE_URN"]
+# Imported on first use, so that light entry points (inferbridge-healthcheck) do not load Beam.
+_EXPORTS = {
+    "Evaluate": "inferbridge.evaluate",
+    "Inference": "inferbridge.inference",
+    "InferenceResult": "inferbridge.inference",
+    "LoadPolicy": "inferbridge.policy",
+    "RUN_INFERENCE_URN": "inferbridge.spec",
+    "InferenceSpec": "inferbridge.spec",
+    "Model": "inferbridge.spec",
+    "Step": "inferbridge.spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'inferbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
