@@ -29,6 +29,7 @@ from inferbridge import Evaluate, Inference, Model, Step
 from inferbridge.evaluate import EVALUATE_URN, EvaluateConfig
 from inferbridge.local_services import expansion_service, free_port, wait_until_serving
 from inferbridge.spec import RUN_INFERENCE_URN
+from inferbridge.testing import expansion_request
 
 
 @pytest.fixture(scope="module")
@@ -261,51 +262,6 @@ def test_stock_python_external_transform_runs_inference_like_the_native_urn(
             assert_that(result["failures"], equal_to([]), label=f"{label}NoFailures")
 
 
-def _request(urn, payload, row_schema=None):
-    """An ExpansionRequest as Beam's clients send it: Rows from a placeholder Impulse, with a Row
-    coder and the global window."""
-    if row_schema is None:
-        row_schema = schemas.named_fields_to_schema([("id", int), ("pixels", typing.Sequence[float])])
-    components = beam_runner_api_pb2.Components()
-    components.transforms["impulse_input"].CopyFrom(
-        beam_runner_api_pb2.PTransform(
-            unique_name="impulse_input",
-            spec=beam_runner_api_pb2.FunctionSpec(urn="beam:transform:impulse:v1"),
-            outputs={"out": "rows"},
-        )
-    )
-    components.pcollections["rows"].CopyFrom(
-        beam_runner_api_pb2.PCollection(
-            unique_name="rows", coder_id="row_coder", windowing_strategy_id="global", is_bounded="BOUNDED"
-        )
-    )
-    components.coders["row_coder"].spec.CopyFrom(
-        beam_runner_api_pb2.FunctionSpec(urn="beam:coder:row:v1", payload=row_schema.SerializeToString())
-    )
-    components.coders["window_coder"].spec.urn = "beam:coder:global_window:v1"
-    components.windowing_strategies["global"].CopyFrom(
-        beam_runner_api_pb2.WindowingStrategy(
-            window_fn=beam_runner_api_pb2.FunctionSpec(urn="beam:window_fn:global_windows:v1"),
-            window_coder_id="window_coder",
-            merge_status="NON_MERGING",
-            trigger=beam_runner_api_pb2.Trigger(default=beam_runner_api_pb2.Trigger.Default()),
-            accumulation_mode="DISCARDING",
-            output_time="END_OF_WINDOW",
-            closing_behavior="EMIT_ALWAYS",
-            on_time_behavior="FIRE_ALWAYS",
-        )
-    )
-    return beam_expansion_api_pb2.ExpansionRequest(
-        components=components,
-        transform=beam_runner_api_pb2.PTransform(
-            unique_name="Transform",
-            spec=beam_runner_api_pb2.FunctionSpec(urn=urn, payload=payload),
-            inputs={"input": "rows"},
-        ),
-        namespace="test",
-    )
-
-
 def _expand(service, request):
     with grpc.insecure_channel(service) as channel:
         return beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).Expand(request)
@@ -331,8 +287,8 @@ def test_omitted_kwargs_take_the_defaults_and_the_expansion_equals_the_native_on
         postprocess=[Step("argmax")],
     )
     native_urn, native_payload = native.to_runner_api_parameter(None)
-    via_stock = _expand(service, _request(FULLY_QUALIFIED_NAMED, stock_payload("inferbridge.Inference", kwargs)))
-    via_native = _expand(service, _request(native_urn, native_payload.SerializeToString()))
+    via_stock = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, stock_payload("inferbridge.Inference", kwargs)))
+    via_native = _expand(service, expansion_request(native_urn, native_payload.SerializeToString()))
     assert via_stock.error == via_native.error == ""
     assert via_stock.transform.spec.urn == RUN_INFERENCE_URN
     assert _config_of(via_stock.transform) == _config_of(via_native.transform) == native.spec.to_config()
@@ -346,12 +302,12 @@ def test_kwargs_errors_name_the_field(service, model_files):
     missing = stock_payload("inferbridge.Inference", beam.Row(key_field="id", feature_fields=["pixels"]))
     assert (
         "inferbridge.Inference: kwargs lacks the required fields ['models'] (required: key_field, feature_fields, models)"
-        in _expand(service, _request(FULLY_QUALIFIED_NAMED, missing)).error
+        in _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, missing)).error
     )
     unknown = stock_payload("inferbridge.Evaluate", beam.Row(label_field="label", prediction="inference"))
     assert (
         "inferbridge.Evaluate: kwargs has unknown fields ['prediction']; allowed: label_field, prediction_field, model_id_field"
-        in _expand(service, _request(FULLY_QUALIFIED_NAMED, unknown)).error
+        in _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, unknown)).error
     )
     mistyped = stock_payload(
         "inferbridge.Inference",
@@ -359,11 +315,11 @@ def test_kwargs_errors_name_the_field(service, model_files):
     )
     assert (
         "inferbridge.Inference: min_batch_size must be an integer (INT64), got 2.5"
-        in _expand(service, _request(FULLY_QUALIFIED_NAMED, mistyped)).error
+        in _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, mistyped)).error
     )
     # Errors in the configuration itself come from the composite, as on the native URN.
     config = _digits_inference(model_files).spec.to_config()._replace(feature_fields=["pixel"])
-    response = _expand(service, _request(FULLY_QUALIFIED_NAMED, stock_payload("inferbridge.Inference", config)))
+    response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, stock_payload("inferbridge.Inference", config)))
     assert "feature_fields[0]='pixel' is not a field of the input schema; available fields: id, pixels" in response.error
 
 
@@ -389,7 +345,7 @@ def test_stock_python_external_transform_runs_evaluate(service, constructor):
             out = inputs | label >> ExternalTransform(urn, payload, service)
             metrics = out | f"{label}Metrics" >> beam.Map(lambda r: (r.model_id, r.count, r.correct, r.accuracy))
             assert_that(metrics, equal_to(expected), label=f"{label}Results")
-    response = _expand(service, _request(FULLY_QUALIFIED_NAMED, stock, row_schema=_schema_of(rows[0])))
+    response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, stock, row_schema=_schema_of(rows[0])))
     assert response.error == ""
     assert response.transform.spec.urn == EVALUATE_URN
     assert _config_of(response.transform) == EvaluateConfig("label", "inference", "model_id")
@@ -415,7 +371,7 @@ def _assert_refused(response, reason):
 )
 def test_constructors_outside_the_allowlist_are_refused(service, tmp_path, constructor, kwargs):
     marker = tmp_path / "marker"
-    response = _expand(service, _request(FULLY_QUALIFIED_NAMED, stock_payload(constructor, kwargs(marker))))
+    response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, stock_payload(constructor, kwargs(marker))))
     _assert_refused(response, f"constructor {constructor!r} is not allowed")
     assert not marker.exists()
 
@@ -428,7 +384,7 @@ def test_the_kwargs_of_a_refused_constructor_are_not_decoded(service):
     with pytest.raises(Exception):
         RowCoder(schema).decode(garbage)
     payload = external_transforms_pb2.ExternalConfigurationPayload(schema=schema, payload=garbage)
-    response = _expand(service, _request(FULLY_QUALIFIED_NAMED, payload.SerializeToString()))
+    response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, payload.SerializeToString()))
     _assert_refused(response, "constructor 'os.system' is not allowed")
 
 
@@ -473,7 +429,7 @@ def test_python_code_in_the_payload_is_refused_before_it_is_decoded(service, mod
     marker = tmp_path / "marker"
     schema, data = _python_code_payload(model_files, marker, where)
     payload = external_transforms_pb2.ExternalConfigurationPayload(schema=schema, payload=data)
-    response = _expand(service, _request(FULLY_QUALIFIED_NAMED, payload.SerializeToString()))
+    response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, payload.SerializeToString()))
     urn = PYTHON_ANY if where == "kwargs.pickled" else PYTHON_CALLABLE
     _assert_refused(response, f"field {where} has logical type {urn}")
     assert "allowed field types are STRING, BOOLEAN" in response.error
@@ -489,7 +445,7 @@ def test_positional_args_are_refused(service, model_files, tmp_path):
     config = _digits_inference(model_files).spec.to_config()
     for python_style in (False, True):
         stock = stock_payload("inferbridge.Inference", config, args=beam.Row(arg0=str(marker)), python_style=python_style)
-        response = _expand(service, _request(FULLY_QUALIFIED_NAMED, stock))
+        response = _expand(service, expansion_request(FULLY_QUALIFIED_NAMED, stock))
         _assert_refused(response, "positional arguments are not accepted (args holds arg0)")
     assert not marker.exists()
 
@@ -547,9 +503,9 @@ _NATIVE = Inference(Model.sklearn("/models/m.pkl"), key_field="id", feature_fiel
 def test_components_that_beam_would_unpickle_are_refused(service, tmp_path, attack, reason, urn):
     marker = tmp_path / "marker"
     if urn == RUN_INFERENCE_URN:
-        request = _request(urn, _NATIVE.to_runner_api_parameter(None)[1].SerializeToString())
+        request = expansion_request(urn, _NATIVE.to_runner_api_parameter(None)[1].SerializeToString())
     else:
-        request = _request(urn, stock_payload("inferbridge.Inference", _NATIVE.spec.to_config()))
+        request = expansion_request(urn, stock_payload("inferbridge.Inference", _NATIVE.spec.to_config()))
     attack(request, marker)
     response = _expand(service, request)
     assert reason in response.error, response.error
@@ -566,7 +522,7 @@ def test_python_code_in_a_native_configuration_row_is_refused(service, tmp_path,
     schema.fields.add(name="extra", type=_python_callable())
     data = RowCoder(_as_representation(schema)).encode(beam.Row(**config._asdict(), extra=f"open({str(marker)!r}, 'w')"))
     payload = external_transforms_pb2.ExternalConfigurationPayload(schema=schema, payload=data)
-    response = _expand(service, _request(urn, payload.SerializeToString()))
+    response = _expand(service, expansion_request(urn, payload.SerializeToString()))
     assert (
         f"the InferBridge expansion service refuses this request for {urn}: field extra has logical type "
         f"{PYTHON_CALLABLE} (Python source code, which Beam evaluates while decoding it)"

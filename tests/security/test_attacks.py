@@ -54,7 +54,7 @@ from apache_beam.typehints import schemas
 from google.protobuf import wrappers_pb2
 
 from attack_support import START_TIMEOUT_SECS, Service, launch, self_signed_certificate, stop
-from inferbridge import Inference, Model, healthcheck
+from inferbridge import Inference, Model, healthcheck, testing
 from inferbridge.spec import RUN_INFERENCE_URN
 
 PICKLED_TRANSFORM = "beam:transform:pickled_python:v1"
@@ -132,46 +132,7 @@ def listener():
 
 
 def expansion_request(urn, payload=b"", row_schema=INPUT_SCHEMA):
-    """An ExpansionRequest as Beam's clients send it: Rows from a placeholder Impulse, with a Row
-    coder and the global window."""
-    components = beam_runner_api_pb2.Components()
-    components.transforms["impulse_input"].CopyFrom(
-        beam_runner_api_pb2.PTransform(
-            unique_name="impulse_input",
-            spec=beam_runner_api_pb2.FunctionSpec(urn="beam:transform:impulse:v1"),
-            outputs={"out": "rows"},
-        )
-    )
-    components.pcollections["rows"].CopyFrom(
-        beam_runner_api_pb2.PCollection(
-            unique_name="rows", coder_id="row_coder", windowing_strategy_id="global", is_bounded="BOUNDED"
-        )
-    )
-    components.coders["row_coder"].spec.CopyFrom(
-        beam_runner_api_pb2.FunctionSpec(urn="beam:coder:row:v1", payload=row_schema.SerializeToString())
-    )
-    components.coders["window_coder"].spec.urn = "beam:coder:global_window:v1"
-    components.windowing_strategies["global"].CopyFrom(
-        beam_runner_api_pb2.WindowingStrategy(
-            window_fn=beam_runner_api_pb2.FunctionSpec(urn="beam:window_fn:global_windows:v1"),
-            window_coder_id="window_coder",
-            merge_status="NON_MERGING",
-            trigger=beam_runner_api_pb2.Trigger(default=beam_runner_api_pb2.Trigger.Default()),
-            accumulation_mode="DISCARDING",
-            output_time="END_OF_WINDOW",
-            closing_behavior="EMIT_ALWAYS",
-            on_time_behavior="FIRE_ALWAYS",
-        )
-    )
-    return beam_expansion_api_pb2.ExpansionRequest(
-        components=components,
-        transform=beam_runner_api_pb2.PTransform(
-            unique_name="Attack",
-            spec=beam_runner_api_pb2.FunctionSpec(urn=urn, payload=payload),
-            inputs={"input": "rows"},
-        ),
-        namespace="attack",
-    )
+    return testing.expansion_request(urn, payload, row_schema, name="Attack", namespace="attack")
 
 
 def native_payload(model: Model) -> bytes:
