@@ -45,3 +45,29 @@ def services(tmp_path_factory, digits_dir):
     trusted = [digits_dir, tmp_path_factory.getbasetemp()]
     with local_services(service_args=[f"--trusted-model-root={root}" for root in trusted]) as env:
         yield env
+
+
+@pytest.fixture(scope="session")
+def digits_ab_expected_output():
+    """The lines examples/python/digits_ab.py must print for a model folder, from scikit-learn:
+    one ``model=<id> accuracy=<a> rows=<n>`` per model (a: even ids, b: odd), then ``failures=1``."""
+    import csv
+    import pickle
+
+    import numpy as np
+
+    def expected(digits_dir):
+        with open(digits_dir / "test_rows.csv") as f:
+            rows = list(csv.DictReader(f))
+        with open(digits_dir / "digits.pkl", "rb") as f:
+            model = pickle.load(f)
+        lines = []
+        for variant, parity in (("a", 0), ("b", 1)):
+            chosen = [r for r in rows if int(r["id"]) % 2 == parity]
+            pixels = np.array([[float(r[f"pixel_{i}"]) for i in range(64)] for r in chosen])
+            labels = np.array([int(r["label"]) for r in chosen])
+            accuracy = float((model.predict(pixels / 16) == labels).mean())
+            lines.append(f"model={variant} accuracy={accuracy!r} rows={len(chosen)}")
+        return lines + ["failures=1"]
+
+    return expected
