@@ -8,10 +8,8 @@ the engine has no bridge network; every service listens on a free loopback port.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -20,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
+from digits_support import sklearn_predictions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,15 +152,6 @@ def test_help_lists_the_flags_and_their_environment_variables(image, docker_clie
     ):
         assert flag in output and f"[env {env}]" in output, (flag, output)
     assert output.startswith("usage: inferbridge-expansion-service")
-
-
-def sklearn_predictions(digits_dir: Path) -> dict[int, int]:
-    with open(digits_dir / "test_rows.csv") as f:
-        rows = list(csv.reader(f))[1:]
-    with open(digits_dir / "digits.pkl", "rb") as f:
-        model = pickle.load(f)
-    pixels = np.array([[float(v) for v in row[2:]] for row in rows])
-    return dict(zip((int(row[0]) for row in rows), model.predict(pixels / 16).tolist()))
 
 
 def test_java_pipeline_expanded_by_the_container_matches_scikit_learn(

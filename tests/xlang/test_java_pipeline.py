@@ -13,25 +13,12 @@ import subprocess
 import sys
 
 import joblib
-import numpy as np
 import pytest
+from digits_support import read_predictions, sklearn_predictions
 
 
 MAIN_CLASS = "dev.inferbridge.examples.DigitsClassification"
 TIMEOUT_SECS = 300
-
-
-def sklearn_predictions(digits_dir, model):
-    with open(digits_dir / "test_rows.csv") as f:
-        rows = list(csv.reader(f))[1:]
-    pixels = np.array([[float(v) for v in row[2:]] for row in rows])
-    keys = [int(row[0]) for row in rows]
-    return dict(zip(keys, model.predict(pixels / 16).tolist()))
-
-
-def read_predictions(path):
-    with open(path) as f:
-        return {int(k): int(v) for k, v in (line.strip().split(",") for line in f if line.strip())}
 
 
 def run_java(classpath, env, *args):

@@ -9,9 +9,7 @@ untrusted credentials fail with the Java library's messages, which never show th
 """
 
 import contextlib
-import csv
 import os
-import pickle
 import secrets
 import subprocess
 import sys
@@ -20,11 +18,11 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferbridge.local_services import expansion_service, free_port, job_service
+from digits_support import sklearn_predictions
 
 ROOT = Path(__file__).resolve().parents[2]
 TLS_DIR = ROOT / "java/src/test/resources/dev/inferbridge/tls"
@@ -183,15 +181,6 @@ def assert_expanded(result):
         "quality: [model_id, count, correct, accuracy, classes, precision, recall, macro_precision, macro_recall, "
         "confusion, unlabeled]",
     ]
-
-
-def sklearn_predictions(digits_dir):
-    with open(digits_dir / "digits.pkl", "rb") as f:
-        model = pickle.load(f)
-    with open(digits_dir / "test_rows.csv") as f:
-        rows = list(csv.reader(f))[1:]
-    pixels = np.array([[float(v) for v in row[2:]] for row in rows])
-    return dict(zip((int(row[0]) for row in rows), model.predict(pixels / 16).tolist()))
 
 
 def test_pipeline_through_tls_and_token_from_the_environment_matches_scikit_learn(

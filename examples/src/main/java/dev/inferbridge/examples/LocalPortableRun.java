@@ -30,6 +30,10 @@ final class LocalPortableRun implements AutoCloseable {
   static String[] withDefaults(String[] args) {
     List<String> all = new ArrayList<>(Arrays.asList(args));
     addDefault(all, "runner", PortableRunner.class.getSimpleName());
+    // Keep Java environments between a job's stages: the workers this JVM serves share one
+    // options object, and with it one executor, which a released worker would shut down (Flink
+    // releases the environment after each task by default).
+    addDefault(all, "environmentCacheMillis", String.valueOf(60 * 60 * 1000));
     String jobEndpoint = System.getenv(JOB_ENDPOINT_ENV);
     if (jobEndpoint != null) {
       addDefault(all, "jobEndpoint", jobEndpoint);
