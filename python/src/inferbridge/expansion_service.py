@@ -465,6 +465,7 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Runs the service until SIGTERM or SIGINT; returns 2 for a bad flag, and exits 0 when stopped."""
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     try:
@@ -503,7 +504,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     _LOGGER.info("Shutting down: finishing in-flight requests (up to %g s)", args.shutdown_grace_secs)
     server.stop(args.shutdown_grace_secs)
     _LOGGER.info("Stopped")
-    return 0
+    logging.shutdown()
+    # Workers of the embedded pool are threads of this process that live as long as their runner
+    # keeps them (runners may cache environments); a stopped service does not wait for them.
+    os._exit(0)
 
 
 if __name__ == "__main__":
