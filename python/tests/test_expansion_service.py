@@ -12,7 +12,6 @@ import apache_beam as beam
 import grpc
 import pytest
 from apache_beam.coders import RowCoder
-from apache_beam.internal import pickler
 from apache_beam.portability.api import (
     beam_expansion_api_pb2,
     beam_expansion_api_pb2_grpc,
@@ -23,7 +22,6 @@ from apache_beam.portability.api import (
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.external import ExternalTransform
 from apache_beam.typehints import native_type_compatibility, schemas, trivial_inference
-from google.protobuf import wrappers_pb2
 
 from inferbridge import Evaluate, Inference, Model, Step
 from inferbridge.evaluate import EVALUATE_URN, EvaluateConfig
@@ -450,66 +448,12 @@ def test_positional_args_are_refused(service, model_files, tmp_path):
     assert not marker.exists()
 
 
-# --- what else a request carries: the components Beam rebuilds before expanding ------------------
-
-
-def _pickled(marker):
-    return pickler.dumps(_WritesMarker(str(marker)))
-
-
-def _with_pickled_transform(request, marker):
-    request.components.transforms["impulse_input"].spec.CopyFrom(
-        beam_runner_api_pb2.FunctionSpec(urn="beam:transform:pickled_python:v1", payload=_pickled(marker))
-    )
-
-
-def _with_pickled_coder(request, marker):
-    value = b"Coder$" + pickler.dumps(_WritesMarker(str(marker)), use_zlib=True)
-    request.components.coders["row_coder"].spec.CopyFrom(
-        beam_runner_api_pb2.FunctionSpec(
-            urn="beam:coder:pickled_python:v1", payload=wrappers_pb2.BytesValue(value=value).SerializeToString()
-        )
-    )
-
-
-def _with_pickled_coder_id(request, marker):
-    # Beam unpickles a coder id that names no coder.
-    request.components.pcollections["rows"].coder_id = _pickled(marker).decode()
-
-
-def _with_pickled_window_fn(request, marker):
-    request.components.windowing_strategies["global"].window_fn.CopyFrom(
-        beam_runner_api_pb2.FunctionSpec(
-            urn="beam:window_fn:pickled_python:v1",
-            payload=wrappers_pb2.BytesValue(value=_pickled(marker)).SerializeToString(),
-        )
-    )
+# --- what else a request carries ------------------------------------------------------------------
+# Pickled components (transforms, coders, coder ids, window functions) are refused: see
+# tests/security/test_attacks.py::test_code_in_request_components_is_refused.
 
 
 _NATIVE = Inference(Model.sklearn("/models/m.pkl"), key_field="id", feature_fields="pixels")
-
-
-@pytest.mark.parametrize(
-    "attack, reason",
-    [
-        (_with_pickled_transform, "components.transforms['impulse_input'] is a beam:transform:pickled_python:v1 transform"),
-        (_with_pickled_coder, "components.coders['row_coder'], used by components.pcollections['rows'], is a pickled Python coder"),
-        (_with_pickled_coder_id, "components.pcollections['rows'] names a coder the request does not carry"),
-        (_with_pickled_window_fn, "components.windowing_strategies['global'] has a pickled Python window function"),
-    ],
-    ids=["pickled_transform", "pickled_coder", "pickled_coder_id", "pickled_window_fn"],
-)
-@pytest.mark.parametrize("urn", [RUN_INFERENCE_URN, FULLY_QUALIFIED_NAMED])
-def test_components_that_beam_would_unpickle_are_refused(service, tmp_path, attack, reason, urn):
-    marker = tmp_path / "marker"
-    if urn == RUN_INFERENCE_URN:
-        request = expansion_request(urn, _NATIVE.to_runner_api_parameter(None)[1].SerializeToString())
-    else:
-        request = expansion_request(urn, stock_payload("inferbridge.Inference", _NATIVE.spec.to_config()))
-    attack(request, marker)
-    response = _expand(service, request)
-    assert reason in response.error, response.error
-    assert not marker.exists()
 
 
 @pytest.mark.parametrize("urn", [RUN_INFERENCE_URN, EVALUATE_URN])

@@ -203,6 +203,26 @@ def test_java_pipeline_expanded_by_the_container_matches_scikit_learn(
     assert any(f"element_count={expected['rows']} " in e["message"] for e in entries), service_logs[-3000:]
 
 
+def run_python_pipeline(script, args, job_endpoint, environment_type, environment_config):
+    """Runs a Python pipeline script on the portable job service at ``job_endpoint`` with its
+    workers in the given environment; fails the test unless it succeeds."""
+    result = subprocess.run(
+        [
+            sys.executable, str(script), *map(str, args),
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint}",
+            f"--environment_type={environment_type}",
+            f"--environment_config={environment_config}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECS,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
 def test_worker_pool_role_runs_a_python_pipelines_workers(
     image, shared_digits_dir, shared_output_dir, digits_ab_expected_output
 ):
@@ -218,20 +238,10 @@ def test_worker_pool_role_runs_a_python_pipelines_workers(
         volumes={shared_digits_dir: "ro", shared_output_dir: "rw"},
     ) as container, job_service() as jobs:
         wait_grpc_ready(f"localhost:{pool_port}", container)
-        result = subprocess.run(
-            [
-                sys.executable, str(ROOT / "examples/python/digits_ab.py"), str(shared_digits_dir), str(shared_output_dir),
-                "--runner=PortableRunner",
-                f"--job_endpoint={jobs}",
-                "--environment_type=EXTERNAL",
-                f"--environment_config=localhost:{pool_port}",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECS,
+        result = run_python_pipeline(
+            ROOT / "examples/python/digits_ab.py", [shared_digits_dir, shared_output_dir],
+            jobs, "EXTERNAL", f"localhost:{pool_port}",
         )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         pool_logs = logs(container)
     # The workers ran in the container, as its user (they wrote the outputs).
     assert "Starting worker with command" in pool_logs, pool_logs[-2000:]
@@ -250,22 +260,12 @@ def test_image_is_a_python_sdk_container_for_docker_environments(image, docker_c
     before = {c.id for c in docker_client.containers.list(all=True)}
     try:
         with job_service() as jobs:
-            result = subprocess.run(
-                [
-                    sys.executable, str(Path(__file__).with_name("sdk_container_pipeline.py")),
-                    # what the workers must report: their uid, Python, and the package they import
-                    "10001,/opt/inferbridge/bin/python,inferbridge",
-                    "--runner=PortableRunner",
-                    f"--job_endpoint={jobs}",
-                    "--environment_type=DOCKER",
-                    f"--environment_config={image}",
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=RUN_TIMEOUT_SECS,
+            result = run_python_pipeline(
+                Path(__file__).with_name("sdk_container_pipeline.py"),
+                # what the workers must report: their uid, Python, and the package they import
+                ["10001,/opt/inferbridge/bin/python,inferbridge"],
+                jobs, "DOCKER", image,
             )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         assert result.stdout.strip().splitlines()[-1] == "pipeline done"
         workers = [c for c in docker_client.containers.list(all=True, filters={"ancestor": image}) if c.id not in before]
         assert workers, "the runner started no container of the image"
