@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from inferbridge import Inference, Model, Step, healthcheck
 from inferbridge.evaluate import EVALUATE_URN, EvaluateConfig
 from inferbridge.local_services import expansion_service, free_port, wait_until_serving
-from inferbridge.spec import RUN_INFERENCE_URN, RunInferenceConfig, describe_schema
+from inferbridge.spec import RUN_INFERENCE_BLOCKS_URN, RUN_INFERENCE_URN, RunInferenceConfig, describe_schema
 from slow_expansion import SLOW_URN, SlowIdentity
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -121,8 +121,13 @@ def test_discovery_lists_the_composites_with_their_configuration_schemas(service
             beam_expansion_api_pb2.DiscoverSchemaTransformRequest()
         )
     configs = response.schema_transform_configs
-    assert set(configs) == {RUN_INFERENCE_URN, EVALUATE_URN}
-    for urn, golden in ((RUN_INFERENCE_URN, "run_inference_v1.schema"), (EVALUATE_URN, "evaluate_v1.schema")):
+    assert set(configs) == {RUN_INFERENCE_URN, RUN_INFERENCE_BLOCKS_URN, EVALUATE_URN}
+    goldens = (
+        (RUN_INFERENCE_URN, "run_inference_v1.schema"),
+        (RUN_INFERENCE_BLOCKS_URN, "run_inference_v1.schema"),
+        (EVALUATE_URN, "evaluate_v1.schema"),
+    )
+    for urn, golden in goldens:
         described = describe_schema(configs[urn].config_schema)
         expected = [line for line in (GOLDEN / golden).read_text().splitlines() if line and not line.startswith("#")]
         assert described == expected, urn

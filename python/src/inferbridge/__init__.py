@@ -5,6 +5,7 @@ from typing import Any
 
 # Imported on first use, so that light entry points (inferbridge-healthcheck) do not load Beam.
 _EXPORTS = {
+    "BlockInference": "inferbridge.blocks",
     "Evaluate": "inferbridge.evaluate",
     "Inference": "inferbridge.inference",
     "InferenceResult": "inferbridge.inference",

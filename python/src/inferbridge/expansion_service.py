@@ -54,7 +54,7 @@ from apache_beam.utils import thread_pool_executor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 # Importing the composites registers their URNs with Beam.
-from inferbridge import compat, evaluate, inference, spec
+from inferbridge import blocks, compat, evaluate, inference, spec
 from inferbridge.compat import Refusal
 from inferbridge.policy import LoadPolicy
 from inferbridge.request_checks import (
@@ -67,7 +67,7 @@ from inferbridge.service_security import BearerTokenInterceptor, read_token, ser
 _LOGGER = logging.getLogger("inferbridge.expansion_service")
 
 VERSION = "0.1.0"
-SERVED_URNS = frozenset({spec.RUN_INFERENCE_URN, evaluate.EVALUATE_URN})
+SERVED_URNS = frozenset({spec.RUN_INFERENCE_URN, spec.RUN_INFERENCE_BLOCKS_URN, evaluate.EVALUATE_URN})
 EXPANSION_SERVICE_NAME = "org.apache.beam.model.expansion.v1.ExpansionService"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
@@ -79,6 +79,14 @@ _CATALOG = {
         ["inferences", inference.FAILURES_TAG],
         "RunInference with preprocessing, one or many keyed models and postprocessing; every input "
         "row becomes one inference row or one failure row. model_updates is optional.",
+    ),
+    spec.RUN_INFERENCE_BLOCKS_URN: (
+        spec.RunInferenceConfig,
+        [inference.ROWS_TAG, inference.MODEL_UPDATES_TAG],
+        ["inferences", inference.FAILURES_TAG],
+        "The same composite on packed blocks of rows (key, features, feature_count, passthrough "
+        "arrays), as the Java wrapper's withBlockSize sends them; every row of a block becomes "
+        "one row of an output block or one failure row. model_updates is optional.",
     ),
     evaluate.EVALUATE_URN: (
         evaluate.EvaluateConfig,

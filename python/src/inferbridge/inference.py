@@ -128,6 +128,8 @@ class Inference(beam.PTransform):
     resource hints, ``metrics_namespace``.
     """
 
+    urn = RUN_INFERENCE_URN
+
     def __init__(
         self,
         models: Model | Sequence[Model],
@@ -220,7 +222,7 @@ class Inference(beam.PTransform):
         if self._spec.has_callables or self._model_updates is not None or self._policy is not None:
             # Python-only state: Beam's own (pickled) form, understood by Python runners.
             return super().to_runner_api_parameter(context)
-        return RUN_INFERENCE_URN, NamedTupleBasedPayloadBuilder(self._spec.to_config()).build()
+        return self.urn, NamedTupleBasedPayloadBuilder(self._spec.to_config()).build()
 
     @staticmethod
     def from_runner_api_parameter(
@@ -406,8 +408,7 @@ class _IsolatingHandler(ModelHandler):
     def _setup(self) -> None:
         if self._built:
             return
-        self._pre = _build(steps.PREPROCESS, self._pre_specs, batch=True)
-        self._post = _build(steps.POSTPROCESS, self._post_specs, batch=True)
+        self._pre, self._post = self._build_steps()
         prefix = f"model_{self._model_id}_"
         self._examples = Metrics.counter(self._namespace, prefix + "examples")
         self._failed = Metrics.counter(self._namespace, prefix + "failed_examples")
@@ -415,6 +416,12 @@ class _IsolatingHandler(ModelHandler):
         self._batch_size = Metrics.distribution(self._namespace, prefix + "batch_size_examples")
         self._latency = Metrics.distribution(self._namespace, prefix + "batch_latency_micros")
         self._built = True
+
+    def _build_steps(self) -> tuple[list, list]:
+        return (
+            _build(steps.PREPROCESS, self._pre_specs, batch=True),
+            _build(steps.POSTPROCESS, self._post_specs, batch=True),
+        )
 
     # Loading and refresh.
     def load_model(self) -> Any:
@@ -556,34 +563,43 @@ class _StageError(Exception):
 
 
 class _KeyedModels(KeyedModelHandler):
-    """Beam's multi-model KeyedModelHandler, keyed by model_id, with the spec's batching.
+    """Beam's KeyedModelHandler, keyed by model_id, with the spec's batching.
 
     (Beam ignores the inner handlers' batching settings in multi-model mode.)
     """
 
-    def __init__(self, mappings: list, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
-        super().__init__(mappings, max_models_per_worker_hint=max_models)
+    def __init__(self, models: Any, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
+        super().__init__(models, max_models_per_worker_hint=max_models)
         self._batching = dict(batching)
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return self._batching
 
+    def run_inference(self, batch, model, inference_args=None):
+        # Beam's BatchElements emits an empty batch when the first element of a bundle is
+        # larger than its size target (blocks, sized by rows), which KeyedModelHandler rejects.
+        return super().run_inference(batch, model, inference_args) if batch else []
+
     def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
         return sum(ex.features.nbytes for _, ex in batch)
 
 
-def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler:
+def _keyed_handler(
+    spec: InferenceSpec, policy: LoadPolicy, handler_class: Optional[type] = None
+) -> KeyedModelHandler:
     """Elements are keyed by model_id, so several element keys share a model without copies.
 
     The pre/postprocessing steps live outside Beam's handlers (in the Prepare and Finish stages
     and in _IsolatingHandler), so a keyed multi-model handler is never wrapped with Beam's
     pre/post functions, which fails at run time in Beam 2.77.
     """
-    handlers = [_IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
+    handler_class = handler_class or _IsolatingHandler
+    handlers = [handler_class(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
+    batching = handlers[0].batch_elements_kwargs()
     if len(handlers) == 1:
-        return KeyedModelHandler(handlers[0])
+        return _KeyedModels(handlers[0], None, batching)
     mappings = [KeyModelMapping([m.id], h) for m, h in zip(spec.models, handlers)]
-    return _KeyedModels(mappings, spec.max_models_per_worker, handlers[0].batch_elements_kwargs())
+    return _KeyedModels(mappings, spec.max_models_per_worker, batching)
 
 
 # --- Model refresh ------------------------------------------------------------------------------

@@ -85,10 +85,15 @@ OPTIONS: dict[tuple[str, str], dict[str, _Option]] = {
 _JSON_NAMES = {str: "a string", dict: "a JSON object"}
 
 
+def _matrix(batch: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """A batch as one array: a block's matrix as is, a list of examples stacked."""
+    return batch if isinstance(batch, np.ndarray) else np.stack(batch)
+
+
 def _sklearn_call(
-    method: str, model: Any, batch: Sequence[np.ndarray], inference_args: Any = None
+    method: str, model: Any, batch: Sequence[np.ndarray] | np.ndarray, inference_args: Any = None
 ) -> Any:
-    return getattr(model, method)(np.stack(batch), **(inference_args or {}))
+    return getattr(model, method)(_matrix(batch), **(inference_args or {}))
 
 
 def _xgboost_inference(batch: Sequence[np.ndarray], model: Any, inference_args: Any = None) -> list:
@@ -286,6 +291,49 @@ class CheckedModelHandler(ModelHandler):
             PredictionResult(example, self._shaped(result.inference), model_id)
             for example, result in zip(batch, results)
         ]
+
+    def predict_matrix(
+        self, features: np.ndarray, model: Any, inference_args: Optional[dict[str, Any]] = None
+    ) -> np.ndarray:
+        """The model's outputs for a matrix of examples (first axis), as one array.
+
+        Shape ``(n,)`` for a number, ``(n, k)`` for a vector. No per-example objects are made:
+        this is the block path's model call.
+        """
+        framework, output = self._model.framework, self._model.output
+        if framework == "sklearn":
+            outputs = _sklearn_call(output, model, features, inference_args)
+        elif framework == "pytorch":
+            outputs = _torch_outputs(features, model, self._inner._device, inference_args)
+        elif framework == "onnx":
+            options = self._model.options
+            outputs = _onnx_inference(
+                options.get("output_name"), OUTPUTS["onnx"][output], self._where, model, features, inference_args
+            )
+        else:  # an allowlisted Beam handler: its own per-example results, stacked
+            outputs = [r.inference for r in self._inner.run_inference(list(features), model, inference_args)]
+            outputs = [self._shaped(o) for o in outputs]
+        array = np.asarray(outputs)
+        count = len(features)
+        if array.ndim == 0 or len(array) != count:
+            raise ValueError(
+                f"{self._where}: the model gave {array.size if array.ndim == 0 else len(array)} "
+                f"results for {count} examples"
+            )
+        output_name = f"{self._where}.output={output!r}"
+        if self._kind == steps.NUMBER:
+            if array.size != count:
+                raise ValueError(
+                    f"{output_name} gives one number per example, but the model gave shape "
+                    f"{array.shape[1:]} per example; choose an output that gives a vector"
+                )
+            return array.reshape(count)
+        if array.ndim == 1:
+            raise ValueError(
+                f"{output_name} gives a vector per example, but the model gave one number; choose "
+                "an output that gives a number"
+            )
+        return array.reshape(count, -1)
 
     def _shaped(self, value: Any) -> Any:
         if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
@@ -566,12 +614,16 @@ def _torch_inference(
     inference_args: Any = None,
     model_id: Any = None,
 ) -> list[PredictionResult]:
+    return _results(batch, _torch_outputs(batch, model, device, inference_args))
+
+
+def _torch_outputs(batch: Sequence[np.ndarray] | np.ndarray, model: Any, device: Any, inference_args: Any = None) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        inputs = torch.from_numpy(np.stack(batch).astype(np.float32, copy=False)).to(device)
+        inputs = torch.from_numpy(_matrix(batch).astype(np.float32, copy=False)).to(device)
         outputs = model(inputs, **(inference_args or {}))
-    return _results(batch, outputs.detach().cpu().numpy())
+    return outputs.detach().cpu().numpy()
 
 
 def _onnx_inference(
@@ -597,7 +649,7 @@ def _onnx_inference(
             f"{where}.options.output_name={output_name!r} is not an output of the model; "
             f"allowed: {', '.join(names)}"
         )
-    feeds = {first.name: np.stack(batch).astype(dtype, copy=False), **(inference_args or {})}
+    feeds = {first.name: _matrix(batch).astype(dtype, copy=False), **(inference_args or {})}
     result = session.run([output_name], feeds)[0]
     if isinstance(result, list) and result and isinstance(result[0], dict):
         # skl2onnx's ZipMap: one {class: probability} map per example; classes in sorted order,

@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 from inferbridge import steps
 
 RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1"
+# The same configuration, on packed blocks of rows (blocks.py).
+RUN_INFERENCE_BLOCKS_URN = "beam:transform:inferbridge:run_inference_blocks:v1"
 
 # How batches whose examples differ in shape reach the model: "bucket" runs one model call per
 # shape; "pad" pads every example's last axis to the longest in the batch with ``pad_value``.
