@@ -99,3 +99,34 @@ def test_bad_rows_reach_the_failures_output_and_the_rest_is_inferred(java_classp
     assert (lines[0]["stage"], lines[0]["error_type"], lines[0]["key"]) == ("inference", "ValueError", first[0])
     assert "failures=1" in result.stdout.splitlines()
     assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]
+
+
+def test_packed_blocks_give_the_same_predictions(java_classpath, digits_dir, services, tmp_path):
+    predictions = tmp_path / "predictions.csv"
+    result = run_java(
+        java_classpath, services, f"--modelDir={digits_dir}", "--blockSize=128", f"--predictionsFile={predictions}"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "failures=0" in result.stdout.splitlines()
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        model = pickle.load(f)
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+
+
+def test_packed_blocks_isolate_a_bad_row(java_classpath, digits_dir, services, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    with open(digits_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))
+    header, first, rest = rows[0], rows[1], rows[2:]
+    with open(data / "test_rows.csv", "w", newline="") as f:
+        # The short row starts a block of its own (another feature count), where the model fails.
+        csv.writer(f).writerows([header, first[:12], *rest])
+    failures = tmp_path / "failures.jsonl"
+    result = run_java(java_classpath, services, f"--modelDir={data}", "--blockSize=64", f"--failuresFile={failures}")
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert [(f["stage"], f["error_type"], f["key"]) for f in lines] == [("inference", "ValueError", first[0])]
+    assert json.loads(lines[0]["element"])["pixels"] == [float(v) for v in first[2:12]]
+    assert "failures=1" in result.stdout.splitlines()
+    assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]

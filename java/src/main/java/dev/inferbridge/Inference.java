@@ -13,15 +13,20 @@ import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.schemas.Schema.TypeName;
+import org.apache.beam.sdk.transforms.DoFn;
+import org.apache.beam.sdk.transforms.Flatten;
 import org.apache.beam.sdk.transforms.PTransform;
+import org.apache.beam.sdk.transforms.ParDo;
 import org.apache.beam.sdk.transforms.resourcehints.ResourceHints;
 import org.apache.beam.sdk.util.construction.ExpansionServiceClientFactory;
 import org.apache.beam.sdk.util.construction.External;
 import org.apache.beam.sdk.values.PCollection;
+import org.apache.beam.sdk.values.PCollectionList;
 import org.apache.beam.sdk.values.PCollectionTuple;
 import org.apache.beam.sdk.values.PInput;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TupleTag;
+import org.apache.beam.sdk.values.TupleTagList;
 import org.joda.time.Duration;
 
 /**
@@ -45,6 +50,11 @@ import org.joda.time.Duration;
  *   <li>{@code model_id}: the model that made the inference;
  *   <li>then the {@link #withPassthroughFields passthrough fields}, with their input types.
  * </ul>
+ *
+ * <p>With {@link #withBlockSize} (the packed-blocks path, for cheap models), the Rows travel to
+ * Python in blocks and the inference Rows have no {@code example} field, and {@code key} keeps the
+ * input key's type (e.g. INT32): {@code key}, {@code inference}, {@code model_id}, then the
+ * passthrough fields.
  *
  * <p>{@link InferenceResult#getFailures()} has the schema {@link #FAILURE_SCHEMA}: the input Rows
  * that could not be read, routed, preprocessed, inferred or postprocessed, with the stage and the
@@ -118,6 +128,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   /** The input tag of the model updates; the Python composite expects these two tags. */
   static final TupleTag<Row> MODEL_UPDATES_TAG = new TupleTag<>("model_updates");
 
+  /** The blocks {@link PackBlocks} emits. */
+  static final TupleTag<Row> BLOCKS_TAG = new TupleTag<Row>("blocks") {};
+
+  /** The Rows {@link PackBlocks} could not pack, as failure Rows. */
+  static final TupleTag<Row> PACK_FAILURES_TAG = new TupleTag<Row>("pack_failures") {};
+
   /** The fields every inference Row starts with; passthrough fields may not reuse them. */
   static final List<String> OUTPUT_FIELDS =
       Collections.unmodifiableList(Arrays.asList("key", "example", "inference", "model_id"));
@@ -145,6 +161,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   private final String minRam;
   private final String accelerator;
   private final String metricsNamespace;
+  private final Integer blockSize;
   private final transient PCollection<Row> modelUpdates;
   private final String expansionService;
   private final PythonEnvironment localPython;
@@ -169,6 +186,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     this.minRam = b.minRam;
     this.accelerator = b.accelerator;
     this.metricsNamespace = b.metricsNamespace;
+    this.blockSize = b.blockSize;
     this.modelUpdates = b.modelUpdates;
     this.expansionService = b.expansionService;
     this.localPython = b.localPython;
@@ -195,6 +213,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     String minRam;
     String accelerator;
     String metricsNamespace = DEFAULT_METRICS_NAMESPACE;
+    Integer blockSize;
     PCollection<Row> modelUpdates;
     String expansionService;
     PythonEnvironment localPython;
@@ -225,6 +244,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     b.minRam = minRam;
     b.accelerator = accelerator;
     b.metricsNamespace = metricsNamespace;
+    b.blockSize = blockSize;
     b.modelUpdates = modelUpdates;
     b.expansionService = expansionService;
     b.localPython = localPython;
@@ -396,6 +416,37 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     Builder b = toBuilder();
     b.minBatchSize = (long) minSize;
     b.maxBatchSize = (long) maxSize;
+    return b.build();
+  }
+
+  /**
+   * Sends the Rows to Python packed in blocks of up to {@code rowsPerBlock} Rows (1 to
+   * 1,000,000), one block Row of column arrays each, and unpacks the results in Java: for cheap
+   * models, where the per-Row cost of the cross-language path dominates. Rows that cannot be
+   * packed (a null key or feature field, a null inside a feature array, no features) are
+   * failures of stage {@code input} at once, as on the Python row path.
+   *
+   * <p>The inference Rows then have no {@code example} field: {@code key} (the input key's type),
+   * {@code inference}, {@code model_id} and the passthrough fields (see {@link #outputSchema}).
+   * The inference must be a vector, number, integer or label (a map, e.g. after {@link
+   * Step#topK}, needs the row path). Blocks never span windows or bundles; a block is sent when
+   * full, when the next Row has another number of features, and at the end of the bundle, with
+   * the smallest timestamp of its Rows, which each of its inference Rows then has. Features are
+   * sent as float64; a nested array is flattened row-major (restore its shape with {@link
+   * Step#reshape}).
+   *
+   * <pre>{@code
+   * rows.apply(Inference.of(SklearnModel.pickle("/models/fraud.pkl")).withKeyField("id").withFeatureField("x")
+   *     .withBlockSize(1000));
+   * }</pre>
+   */
+  public Inference withBlockSize(int rowsPerBlock) {
+    if (rowsPerBlock < 1 || rowsPerBlock > Blocks.MAX_ROWS_PER_BLOCK) {
+      throw new IllegalArgumentException(
+          "withBlockSize(" + rowsPerBlock + "): rowsPerBlock must be between 1 and " + Blocks.MAX_ROWS_PER_BLOCK);
+    }
+    Builder b = toBuilder();
+    b.blockSize = rowsPerBlock;
     return b.build();
   }
 
@@ -601,10 +652,20 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   /**
    * The schema of the inference Rows for input Rows of {@code inputSchema}; fails as {@link
    * #expand} does when the settings do not fit the input.
+   *
+   * <p>With {@link #withBlockSize}: {@code key} (the input key field's type, not null), {@code
+   * inference} (ARRAY&lt;DOUBLE&gt;, DOUBLE, INT64 or STRING), {@code model_id} STRING, then the
+   * passthrough fields with their input types; no {@code example}. An inference of kind map
+   * (MAP&lt;STRING, DOUBLE&gt;) fails here, as do passthrough fields named like a field of the
+   * blocks ({@code features}, {@code feature_count}, {@code inference_width}).
    */
   public Schema outputSchema(Schema inputSchema) {
     checkRequired();
     checkInput(inputSchema);
+    if (blockSize != null) {
+      checkBlocks();
+      return Blocks.unpackedSchema(inputSchema, keyField, inferenceKind(), passthroughFields);
+    }
     FieldType keyType =
         inputSchema.getField(keyField).getType().getTypeName() == TypeName.STRING
             ? FieldType.STRING
@@ -637,6 +698,92 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     ServiceCredentials credentials =
         ExpansionService.credentials("Inference", expansionService, localPython, serviceCredentials);
     String endpoint = ExpansionService.resolve("Inference", expansionService, localPython);
+    if (blockSize != null) {
+      return expandBlocks(input, expected, credentials, endpoint);
+    }
+    PCollectionTuple outputs =
+        applyExternal("RunInference", InferenceConfig.RUN_INFERENCE_URN, externalInput(input), credentials, endpoint);
+    return new InferenceResult(
+        input.getPipeline(),
+        checkedOutput(outputs, InferenceResult.INFERENCES, expected, endpoint),
+        checkedOutput(outputs, InferenceResult.FAILURES, FAILURE_SCHEMA, endpoint));
+  }
+
+  /**
+   * The packed-blocks path ({@link #withBlockSize}): Rows to blocks in Java ({@link PackBlocks}),
+   * blocks to result blocks in Python ({@value InferenceConfig#RUN_INFERENCE_BLOCKS_URN}), result
+   * blocks to Rows in Java ({@link UnpackBlocks}); the packer's failures and Python's are one
+   * PCollection.
+   */
+  private InferenceResult expandBlocks(
+      PCollection<Row> input, Schema expected, ServiceCredentials credentials, String endpoint) {
+    Schema schema = input.getSchema();
+    InferenceKind kind = inferenceKind();
+    PackBlocks pack =
+        new PackBlocks(schema, keyField, featureFields, passthroughFields, blockSize, BLOCKS_TAG, PACK_FAILURES_TAG);
+    PCollectionTuple packed =
+        input.apply("PackBlocks", ParDo.of(pack).withOutputTags(BLOCKS_TAG, TupleTagList.of(PACK_FAILURES_TAG)));
+    PCollection<Row> blocks = packed.get(BLOCKS_TAG).setRowSchema(pack.blockSchema());
+    PCollection<Row> packFailures = packed.get(PACK_FAILURES_TAG);
+    PCollectionTuple outputs =
+        applyExternal(
+            "RunInferenceBlocks", InferenceConfig.RUN_INFERENCE_BLOCKS_URN, externalInput(blocks), credentials, endpoint);
+    PCollection<Row> results =
+        checkedOutput(
+            outputs, InferenceResult.INFERENCES, Blocks.resultSchema(schema, keyField, kind, passthroughFields), endpoint);
+    PCollection<Row> pythonFailures = checkedOutput(outputs, InferenceResult.FAILURES, FAILURE_SCHEMA, endpoint);
+    PCollection<Row> inferences =
+        results
+            .apply(
+                "UnpackBlocks",
+                ParDo.of(
+                    new UnpackBlocks(
+                        results.getSchema(),
+                        expected,
+                        kind,
+                        schema.getField(keyField).getType().getTypeName(),
+                        passthroughFields,
+                        endpoint)))
+            .setRowSchema(expected);
+    // One coder for both inputs of the Flatten (the service's, whose schema is equivalent), so
+    // that no runner has to reconcile two encodings of the failure Rows.
+    if (pythonFailures.getSchema().getFieldNames().equals(FAILURE_SCHEMA.getFieldNames())) {
+      packFailures.setCoder(pythonFailures.getCoder());
+    } else {
+      packFailures.setRowSchema(FAILURE_SCHEMA);
+      pythonFailures =
+          pythonFailures
+              .apply("ReorderFailures", ParDo.of(new ReorderFields(FAILURE_SCHEMA)))
+              .setRowSchema(FAILURE_SCHEMA);
+    }
+    PCollection<Row> failures =
+        PCollectionList.of(packFailures).and(pythonFailures).apply("Failures", Flatten.pCollections());
+    failures.setCoder(pythonFailures.getCoder());
+    return new InferenceResult(input.getPipeline(), inferences, failures);
+  }
+
+  /** Rows with the fields of {@code schema} in its order, taken by name. */
+  private static final class ReorderFields extends DoFn<Row, Row> {
+    private static final long serialVersionUID = 1L;
+    private final Schema schema;
+
+    ReorderFields(Schema schema) {
+      this.schema = schema;
+    }
+
+    @ProcessElement
+    public void processElement(@Element Row row, OutputReceiver<Row> out) {
+      Object[] values = new Object[schema.getFieldCount()];
+      for (int i = 0; i < values.length; i++) {
+        values[i] = row.getValue(schema.getField(i).getName());
+      }
+      out.output(Row.withSchema(schema).attachValues(values));
+    }
+  }
+
+  /** Applies the Python composite {@code urn} to {@code externalInput} through the expansion service. */
+  private PCollectionTuple applyExternal(
+      String name, String urn, PInput externalInput, ServiceCredentials credentials, String endpoint) {
     byte[] payload = InferenceConfig.payload(InferenceConfig.toRow(this));
     SecureExpansionServiceClientFactory secure =
         expansionClient == null && !credentials.isNone()
@@ -645,11 +792,10 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     ExpansionServiceClientFactory client = expansionClient != null ? expansionClient : secure;
     External.SingleOutputExpandableTransform<PInput, Row> external =
         client == null
-            ? External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint)
-            : External.<PInput, Row>of(InferenceConfig.RUN_INFERENCE_URN, payload, endpoint, client);
-    PCollectionTuple outputs;
+            ? External.<PInput, Row>of(urn, payload, endpoint)
+            : External.<PInput, Row>of(urn, payload, endpoint, client);
     try {
-      outputs = Pipeline.applyTransform("RunInference", externalInput(input), external.withMultiOutputs());
+      return Pipeline.applyTransform(name, externalInput, external.withMultiOutputs());
     } catch (RuntimeException e) {
       throw ExpansionErrors.explain("Inference", endpoint, credentials, e);
     } finally {
@@ -657,10 +803,6 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
         secure.close();
       }
     }
-    return new InferenceResult(
-        input.getPipeline(),
-        checkedOutput(outputs, InferenceResult.INFERENCES, expected, endpoint),
-        checkedOutput(outputs, InferenceResult.FAILURES, FAILURE_SCHEMA, endpoint));
   }
 
   /**
@@ -708,6 +850,29 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
               + ", expected " + expected + mismatch);
     }
     return output;
+  }
+
+  /** The settings the packed-blocks path cannot serve. */
+  private void checkBlocks() {
+    InferenceKind kind = inferenceKind();
+    if (!Blocks.supports(kind)) {
+      String from =
+          postprocess.isEmpty()
+              ? "the model output " + models.get(0).getOutput()
+              : "the postprocessing step '" + postprocess.get(postprocess.size() - 1).getName() + "'";
+      throw new IllegalArgumentException(
+          "Inference: withBlockSize(" + blockSize + ") cannot carry an inference of kind " + kind.wireName()
+              + " (" + Blocks.describe(kind.fieldType()) + ", from " + from + "); blocks carry vector, number, integer and "
+              + "label inferences; remove withBlockSize() to use the row path, which carries every kind");
+    }
+    for (String field : passthroughFields) {
+      if (Blocks.FIELDS.contains(field)) {
+        throw new IllegalArgumentException(
+            "Inference: withPassthroughFields(\"" + field + "\") clashes with a field of the blocks of "
+                + "withBlockSize(" + blockSize + "): " + String.join(", ", Blocks.FIELDS)
+                + "; rename the input field, or remove withBlockSize() to use the row path");
+      }
+    }
   }
 
   private void checkRequired() {
@@ -853,6 +1018,10 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   String accelerator() {
     return accelerator;
+  }
+
+  Integer blockSize() {
+    return blockSize;
   }
 
   String metricsNamespace() {

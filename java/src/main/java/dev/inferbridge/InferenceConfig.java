@@ -21,6 +21,12 @@ import org.apache.beam.vendor.grpc.v1p69p0.com.google.protobuf.ByteString;
 final class InferenceConfig {
   static final String RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1";
 
+  /**
+   * The packed-blocks form of the same composite ({@link Inference#withBlockSize}): the same
+   * configuration Row; blocks of Rows in and out ({@link Blocks}).
+   */
+  static final String RUN_INFERENCE_BLOCKS_URN = "beam:transform:inferbridge:run_inference_blocks:v1";
+
   static final Schema STEP_SCHEMA =
       Schema.builder().addStringField("name").addStringField("params").build();
 

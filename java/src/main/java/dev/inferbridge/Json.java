@@ -11,8 +11,13 @@ import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.apache.beam.sdk.schemas.Schema;
+import org.apache.beam.sdk.values.Row;
 
-/** JSON values as the wire carries them: step parameters and model options. */
+/**
+ * JSON values as the wire carries them: step parameters and model options; and input Rows as the
+ * {@code element} of failure Rows, written as the Python row path writes them.
+ */
 final class Json {
   private static final ObjectMapper MAPPER =
       new ObjectMapper().configure(SerializationFeature.ORDER_MAP_ENTRIES_BY_KEYS, true);
@@ -79,6 +84,167 @@ final class Json {
   /** Parses JSON text into Maps, Lists, Strings, Numbers, Booleans and nulls. */
   static Object read(String text) throws JsonProcessingException {
     return MAPPER.readValue(text, Object.class);
+  }
+
+  /**
+   * {@code row} as a JSON object of its fields in schema order, in the form of Python's {@code
+   * json.dumps} (the {@code element} of the Python row path's failure Rows): {@code ", "} and
+   * {@code ": "} separators, non-ASCII characters escaped, floats as Python writes them ({@code
+   * 1e-05}, {@code NaN}), bytes as hex text; nested Rows are objects.
+   */
+  static String row(Row row) {
+    StringBuilder out = new StringBuilder(64);
+    writePython(out, row);
+    return out.toString();
+  }
+
+  /** {@code value} (a Row field value) in the form of {@link #row}. */
+  static String python(Object value) {
+    StringBuilder out = new StringBuilder(32);
+    writePython(out, value);
+    return out.toString();
+  }
+
+  private static void writePython(StringBuilder out, Object value) {
+    if (value == null) {
+      out.append("null");
+    } else if (value instanceof String) {
+      writePythonString(out, (String) value);
+    } else if (value instanceof Double || value instanceof Float) {
+      out.append(pythonFloat(((Number) value).doubleValue()));
+    } else if (value instanceof Number || value instanceof Boolean) {
+      out.append(value);
+    } else if (value instanceof byte[]) {
+      StringBuilder hex = new StringBuilder();
+      for (byte b : (byte[]) value) {
+        hex.append(Character.forDigit((b >> 4) & 0xf, 16)).append(Character.forDigit(b & 0xf, 16));
+      }
+      writePythonString(out, hex.toString());
+    } else if (value instanceof Row) {
+      Row row = (Row) value;
+      Schema schema = row.getSchema();
+      out.append('{');
+      for (int i = 0; i < schema.getFieldCount(); i++) {
+        if (i > 0) {
+          out.append(", ");
+        }
+        writePythonString(out, schema.getField(i).getName());
+        out.append(": ");
+        writePython(out, row.getValue(i));
+      }
+      out.append('}');
+    } else if (value instanceof Map) {
+      out.append('{');
+      boolean first = true;
+      for (Map.Entry<?, ?> e : ((Map<?, ?>) value).entrySet()) {
+        if (!first) {
+          out.append(", ");
+        }
+        first = false;
+        writePythonString(out, String.valueOf(e.getKey()));
+        out.append(": ");
+        writePython(out, e.getValue());
+      }
+      out.append('}');
+    } else if (value instanceof Iterable) {
+      out.append('[');
+      boolean first = true;
+      for (Object item : (Iterable<?>) value) {
+        if (!first) {
+          out.append(", ");
+        }
+        first = false;
+        writePython(out, item);
+      }
+      out.append(']');
+    } else {
+      writePythonString(out, value.toString());
+    }
+  }
+
+  /** A JSON string as Python's {@code json.dumps} writes it (ASCII only). */
+  private static void writePythonString(StringBuilder out, String text) {
+    out.append('"');
+    for (int i = 0; i < text.length(); i++) {
+      char c = text.charAt(i);
+      switch (c) {
+        case '"':
+          out.append("\\\"");
+          break;
+        case '\\':
+          out.append("\\\\");
+          break;
+        case '\n':
+          out.append("\\n");
+          break;
+        case '\r':
+          out.append("\\r");
+          break;
+        case '\t':
+          out.append("\\t");
+          break;
+        case '\b':
+          out.append("\\b");
+          break;
+        case '\f':
+          out.append("\\f");
+          break;
+        default:
+          if (c < 0x20 || c > 0x7e) {
+            out.append(String.format("\\u%04x", (int) c));
+          } else {
+            out.append(c);
+          }
+      }
+    }
+    out.append('"');
+  }
+
+  /** {@code d} as Python's {@code repr(float)}: {@code 1.0}, {@code 0.0001}, {@code 1e-05}, {@code 1e+16}, {@code NaN}. */
+  static String pythonFloat(double d) {
+    if (Double.isNaN(d)) {
+      return "NaN";
+    }
+    if (Double.isInfinite(d)) {
+      return d > 0 ? "Infinity" : "-Infinity";
+    }
+    if (d == 0) {
+      return 1 / d < 0 ? "-0.0" : "0.0";
+    }
+    BigDecimal exact = new BigDecimal(Double.toString(d)).stripTrailingZeros();
+    String digits = exact.unscaledValue().abs().toString();
+    int exponent = digits.length() - 1 - exact.scale(); // of the first digit
+    StringBuilder out = new StringBuilder(24);
+    if (d < 0) {
+      out.append('-');
+    }
+    if (exponent < -4 || exponent >= 16) {
+      out.append(digits.charAt(0));
+      if (digits.length() > 1) {
+        out.append('.').append(digits, 1, digits.length());
+      }
+      out.append('e').append(exponent < 0 ? '-' : '+');
+      int abs = Math.abs(exponent);
+      if (abs < 10) {
+        out.append('0');
+      }
+      return out.append(abs).toString();
+    }
+    if (exponent < 0) {
+      out.append("0.");
+      for (int i = -1; i > exponent; i--) {
+        out.append('0');
+      }
+      return out.append(digits).toString();
+    }
+    if (digits.length() <= exponent + 1) {
+      out.append(digits);
+      for (int i = digits.length(); i <= exponent; i++) {
+        out.append('0');
+      }
+      return out.append(".0").toString();
+    }
+    return out.append(digits, 0, exponent + 1).append('.').append(digits, exponent + 1, digits.length()).toString();
   }
 
   static boolean isFinite(Number n) {

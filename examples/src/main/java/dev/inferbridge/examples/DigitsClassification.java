@@ -76,6 +76,12 @@ public final class DigitsClassification {
 
     void setExpansionService(String value);
 
+    @Description("Rows per packed block sent to Python (Inference.withBlockSize); 0: one row per element")
+    @Default.Integer(0)
+    int getBlockSize();
+
+    void setBlockSize(int value);
+
     @Description("If set, also write one 'key,inference' line per row to this file")
     String getPredictionsFile();
 
@@ -117,6 +123,9 @@ public final class DigitsClassification {
             .withPostprocess(Step.argmax());
     if (options.getExpansionService() != null) {
       inference = inference.withExpansionService(options.getExpansionService());
+    }
+    if (options.getBlockSize() > 0) {
+      inference = inference.withBlockSize(options.getBlockSize());
     }
     InferenceResult result = rows.apply("Classify", inference);
     PCollection<Row> predictions = result.getInferences();
