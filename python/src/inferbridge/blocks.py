@@ -50,6 +50,9 @@ from inferbridge.policy import LoadPolicy
 from inferbridge.spec import RUN_INFERENCE_BLOCKS_URN, InferenceSpec, input_fields
 
 WIRE_FIELDS = ("key", "features", "feature_count")
+# Rows per model call when the spec sets no batch sizes: blocks of this size go one per call,
+# smaller ones (keyed sub-blocks) are gathered into calls of about this size.
+DEFAULT_BATCH_ROWS = 1024
 _WIRE_INFERENCE = {
     steps.VECTOR: (bytes, "<f8"),
     steps.NUMBER: (bytes, "<f8"),
@@ -257,6 +260,10 @@ class _ArrowLayout:
             matrix = np.column_stack([c.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for c in columns])
             return self._without(bad, [(np.arange(batch.num_rows), matrix)])
         column = columns[0]
+        if pa.types.is_fixed_size_list(column.type) and not column.null_count and not column.values.null_count:
+            width = column.type.list_size
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            return self._without(bad, [(np.arange(batch.num_rows), flat.reshape(batch.num_rows, width).astype(np.float64, copy=False))])
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
         valid = ~np.isnan(lengths) if lengths.dtype.kind == "f" else np.ones(len(lengths), bool)
         positions = np.flatnonzero(valid)
@@ -314,7 +321,7 @@ class _ArrowLayout:
             )
         size = len(inference)
         return pa.RecordBatch.from_arrays(
-            [keys, column, pa.array([model_id] * size, type=pa.string()), *passthrough.values()],
+            [keys, column, pa.repeat(model_id, size), *passthrough.values()],
             names=["key", "inference", "model_id", *passthrough],
         )
 
@@ -545,7 +552,12 @@ class _BlockHandler(_IsolatingHandler):
         super().__init__(spec, model, policy, where)
         self._pre_specs = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess]
         self._post_specs = [(s.name, *s.resolve(steps.POSTPROCESS)) for s in spec.postprocess]
-        self._batching = {**self._batching, "element_size_fn": _rows_of_keyed}
+        # Sizes count rows. Without a size range, batches hold a fixed number of rows, which
+        # spares Beam's adaptive batch sizing its per-batch regression (blocks are already big).
+        batching = dict(self._batching)
+        if "min_batch_size" not in batching and "max_batch_size" not in batching:
+            batching["min_batch_size"] = batching["max_batch_size"] = DEFAULT_BATCH_ROWS
+        self._batching = {**batching, "element_size_fn": _rows_of_keyed}
 
     def _build_steps(self) -> tuple[list, list]:
         return (
