@@ -15,6 +15,10 @@ Packed block Rows (the wire layout, written by Java):
 
 from __future__ import annotations
 
+import collections
+import pickle
+import json
+import threading
 import time
 import typing
 from typing import Any, Iterable, Optional, Sequence
@@ -23,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import RowCoder
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.transforms import window
 from apache_beam.typehints.row_type import RowTypeConstraint
@@ -40,7 +44,6 @@ from inferbridge.inference import (
     _Failed,
     _failure_row,
     _IsolatingHandler,
-    _keyed_handler,
     _model_metadata,
     _numeric_array,
     _same_length,
@@ -91,17 +94,17 @@ class BlockInference(Inference):
         blocks, updates = self._split_inputs(inputs)
         layout = _layout_for(spec, blocks.element_type)
         policy = self._policy or row_inference._load_policy or LoadPolicy.from_env()
-        handler = _keyed_handler(spec, policy, _BlockHandler)
+        handler = _BlockModels(spec, policy)
         for i, model in enumerate(spec.models):
             _check_model_exists(f"models[{i}]", model)
 
-        prepared = blocks | "PrepareBlocks" >> beam.ParDo(_PrepareBlocks(spec, layout)).with_outputs(
-            FAILURES_TAG, main="blocks"
-        )
+        prepared = blocks | "PrepareBlocks" >> beam.ParDo(_PrepareBlocks(spec, layout)).with_output_types(
+            _Block
+        ).with_outputs(FAILURES_TAG, main="blocks")
         run = RunInference(
             handler,
             metrics_namespace=spec.metrics_namespace,
-            model_metadata_pcoll=_model_metadata(spec, updates, blocks.pipeline),
+            model_metadata_pcoll=_model_metadata(spec, updates, blocks.pipeline, as_json=True),
         )
         hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
         if hints:
@@ -191,6 +194,7 @@ class _ArrowLayout:
     """pyarrow RecordBatches (or Tables) in, RecordBatches out."""
 
     output_type = None
+    one_model_per_block = False
 
     def __init__(self, spec: InferenceSpec) -> None:
         self._spec = spec
@@ -320,8 +324,9 @@ class _ArrowLayout:
                 type=pa.map_(pa.string(), pa.float64()),
             )
         size = len(inference)
+        model_ids = pa.repeat(model_id, size) if isinstance(model_id, str) else pa.array(model_id, type=pa.string())
         return pa.RecordBatch.from_arrays(
-            [keys, column, pa.repeat(model_id, size), *passthrough.values()],
+            [keys, column, model_ids, *passthrough.values()],
             names=["key", "inference", "model_id", *passthrough],
         )
 
@@ -334,6 +339,8 @@ def _null_positions(column: Any) -> list[int]:
 
 class _WireLayout:
     """Packed block Rows from the Java wrapper in, packed block Rows out."""
+
+    one_model_per_block = True  # model_id is one string per packed block
 
     def __init__(self, spec: InferenceSpec, fields: dict[str, Any]) -> None:
         self._spec = spec
@@ -425,13 +432,37 @@ def _layout_for(spec: InferenceSpec, element_type: Any) -> Any:
 
 
 class _Block:
-    """Rows of one input block that one model serves: their columns and raw features."""
+    """Rows of one input block on their way through the models: columns, raw features, and the
+    index (in spec.models) of the model that serves each row (None: the only model)."""
 
-    __slots__ = ("keys", "features", "passthrough", "describe", "positions", "timestamp")
+    __slots__ = ("keys", "features", "models", "passthrough", "describe", "positions", "timestamp")
 
-    def __init__(self, keys, features, passthrough, describe, positions, timestamp) -> None:
-        self.keys, self.features, self.passthrough = keys, features, passthrough
+    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp) -> None:
+        self.keys, self.features, self.models, self.passthrough = keys, features, models, passthrough
         self.describe, self.positions, self.timestamp = describe, positions, timestamp
+
+    def model_index(self, row: int) -> int:
+        return 0 if self.models is None else int(self.models[row])
+
+
+class _BlockCoder(beam.coders.Coder):
+    """Pickles blocks; estimates their size from the features (Beam samples element sizes,
+    and pickling a block only to measure it costs as much as moving it)."""
+
+    def encode(self, value: _Block) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> _Block:
+        return pickle.loads(encoded)
+
+    def estimate_size(self, value: _Block) -> int:
+        return value.features.nbytes
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
+beam.coders.registry.register_coder(_Block, _BlockCoder)
 
 
 class _PrepareBlocks(beam.DoFn):
@@ -463,27 +494,26 @@ class _PrepareBlocks(beam.DoFn):
         for i, error in sorted(columns.bad.items()):
             key = None if columns.keys is None else _value(columns.keys, i)
             yield self._failure("input", error, columns.describe(i), key)
-        models = self._spec.models
         for positions, matrix in columns.groups:
             route = self._route(columns.keys, positions)
-            for m, model in enumerate(models):
-                chosen = slice(None) if route is None else np.flatnonzero(route == m)
-                if route is not None and not len(chosen):
-                    continue
-                rows = positions[chosen]
-                whole = len(rows) == columns.size  # every row, in order: no copies
-                yield model.id, _Block(
-                    columns.keys if whole else _take(columns.keys, rows),
-                    matrix[chosen],
-                    columns.passthrough if whole else {n: _take(c, rows) for n, c in columns.passthrough.items()},
-                    columns.describe,
-                    rows,
-                    timestamp,
-                )
-            if route is not None:
+            if route is not None and (route < 0).any():
                 for i in positions[route < 0].tolist():
                     key = str(_value(columns.keys, i))
                     yield self._failure("routing", self._unmapped(key), columns.describe(i), key, "UnmappedKey")
+                served = route >= 0
+                positions, matrix, route = positions[served], matrix[served], route[served]
+                if not len(positions):
+                    continue
+            whole = len(positions) == columns.size  # every row, in order: no copies
+            yield _Block(
+                columns.keys if whole else _take(columns.keys, positions),
+                matrix,
+                route,
+                columns.passthrough if whole else {n: _take(c, positions) for n, c in columns.passthrough.items()},
+                columns.describe,
+                positions,
+                timestamp,
+            )
 
     def _route(self, keys: Any, positions: np.ndarray) -> Optional[np.ndarray]:
         """The index of each row's model (-1: none), or None when one model serves every key."""
@@ -537,8 +567,18 @@ class _Outcome:
         self.outputs, self.failed = outputs, failed
 
 
-def _rows_of_keyed(element: tuple) -> int:
-    return len(element[1].features)
+def _default_batch_rows(spec: InferenceSpec) -> int:
+    """Rows per batch: about DEFAULT_BATCH_ROWS per model call when keys mix in every block;
+    four times that when fewer models than keys stay resident, to spread the reloads."""
+    count = len(spec.models)
+    if count == 1:
+        return DEFAULT_BATCH_ROWS
+    resident = min(count, spec.max_models_per_worker or count)
+    return DEFAULT_BATCH_ROWS * count * (4 if resident < count else 1)
+
+
+def _rows_of(block: _Block) -> int:
+    return len(block.features)
 
 
 class _BlockHandler(_IsolatingHandler):
@@ -556,8 +596,8 @@ class _BlockHandler(_IsolatingHandler):
         # spares Beam's adaptive batch sizing its per-batch regression (blocks are already big).
         batching = dict(self._batching)
         if "min_batch_size" not in batching and "max_batch_size" not in batching:
-            batching["min_batch_size"] = batching["max_batch_size"] = DEFAULT_BATCH_ROWS
-        self._batching = {**batching, "element_size_fn": _rows_of_keyed}
+            batching["min_batch_size"] = batching["max_batch_size"] = _default_batch_rows(spec)
+        self._batching = {**batching, "element_size_fn": _rows_of}
 
     def _build_steps(self) -> tuple[list, list]:
         return (
@@ -565,36 +605,19 @@ class _BlockHandler(_IsolatingHandler):
             [(n, _batch_function(d, p)) for n, d, p in self._post_specs],
         )
 
-    def run_inference(self, batch: Sequence[_Block], model: Any, inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+    def predict_rows(self, matrix: np.ndarray, model: Any, inference_args: Optional[dict]) -> tuple[Any, dict[int, _Failed]]:
+        """Outputs for every row of ``matrix`` (placeholders where a row failed), and the failed rows."""
         self._setup()
         start = time.perf_counter()
-        outcomes: list[Optional[_Outcome]] = [None] * len(batch)
-        widths: dict[int, list[int]] = {}
-        for i, block in enumerate(batch):
-            widths.setdefault(block.features.shape[1], []).append(i)
-        for members in widths.values():
-            matrix = np.concatenate([batch[i].features for i in members]) if len(members) > 1 else batch[members[0]].features
-            pieces: list[tuple[int, Any]] = []
-            failed: dict[int, _Failed] = {}
-            self._run_rows(matrix, 0, len(matrix), model, inference_args, pieces, failed)
-            outputs = _assemble(pieces, len(matrix), failed)
-            offset = 0
-            for i in members:
-                size = len(batch[i].features)
-                mine = {r - offset: f for r, f in failed.items() if offset <= r < offset + size}
-                kept = np.ones(size, bool)
-                kept[list(mine)] = False
-                block_outputs = outputs[offset : offset + size]
-                outcomes[i] = _Outcome(block_outputs[kept] if mine else block_outputs, mine)
-                offset += size
-        rows = sum(len(b.features) for b in batch)
-        failed_rows = sum(len(o.failed) for o in outcomes)
-        self._batch_size.update(rows)
+        pieces: list[tuple[int, Any]] = []
+        failed: dict[int, _Failed] = {}
+        self._run_rows(matrix, 0, len(matrix), model, inference_args, pieces, failed)
+        self._batch_size.update(len(matrix))
         self._latency.update(int((time.perf_counter() - start) * 1e6))
-        self._examples.inc(rows - failed_rows)
-        if failed_rows:
-            self._failed.inc(failed_rows)
-        return [PredictionResult(block, outcome, self._model_id) for block, outcome in zip(batch, outcomes)]
+        self._examples.inc(len(matrix) - len(failed))
+        if failed:
+            self._failed.inc(len(failed))
+        return _assemble(pieces, len(matrix), failed), failed
 
     def _run_rows(self, matrix, lo, hi, model, inference_args, pieces, failed) -> None:
         try:
@@ -628,8 +651,113 @@ class _BlockHandler(_IsolatingHandler):
                 raise _StageError("postprocess", name, e) from e
         return outputs
 
+
+
+class _BlockModels(ModelHandler):
+    """Every model of the spec behind one Beam handler: blocks are routed inside it.
+
+    Beam's multi-model KeyedModelHandler looks each model up through a process-shared proxy for
+    every batch (about half a millisecond each) and, when models are evicted, leaves a thread
+    behind per reload; with blocks that cost dominates. Here the worker's models live in one
+    ``_ResidentModels``, loaded on first use, at most ``max_models_per_worker`` at a time. Beam
+    still batches, shares the models between threads, and refreshes them: an update is the
+    JSON object {model_id: uri} of every model.
+    """
+
+    def __init__(self, spec: InferenceSpec, policy: LoadPolicy) -> None:
+        super().__init__()
+        self._handlers = {m.id: _BlockHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
+        self._ids = [m.id for m in spec.models]
+        self._limit = spec.max_models_per_worker
+        self._namespace = spec.metrics_namespace
+        self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
+
+    def load_model(self) -> "_ResidentModels":
+        return _ResidentModels(self._handlers, self._limit, self._namespace)
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        if model_path:
+            for model_id, uri in json.loads(model_path).items():
+                self._handlers[model_id].update_model_path(uri)
+
+    def run_inference(self, batch: Sequence[_Block], models: "_ResidentModels", inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+        """One model call per model and feature width over the whole batch of blocks."""
+        results: list[Any] = [None] * len(batch)
+        widths: dict[int, list[int]] = {}
+        for i, block in enumerate(batch):
+            widths.setdefault(block.features.shape[1], []).append(i)
+        for members in widths.values():
+            blocks = [batch[i] for i in members]
+            for i, outcome in zip(members, self._run_blocks(blocks, models, inference_args)):
+                results[i] = PredictionResult(batch[i], outcome)
+        return results
+
+    def _run_blocks(self, blocks: list[_Block], models: "_ResidentModels", inference_args: Optional[dict]) -> list[_Outcome]:
+        matrix = blocks[0].features if len(blocks) == 1 else np.concatenate([b.features for b in blocks])
+        size = len(matrix)
+        route = None
+        if len(self._ids) > 1:
+            route = np.concatenate([b.models if b.models is not None else np.zeros(len(b.features), np.int64) for b in blocks])
+        pieces, failed = [], {}
+        present = range(1) if route is None else np.unique(route).tolist()
+        for m in models.resident_first(present):
+            rows = None if route is None else np.flatnonzero(route == m)
+            model_id = self._ids[m]
+            outputs, model_failed = self._handlers[model_id].predict_rows(
+                matrix if rows is None else matrix[rows], models.get(model_id), inference_args
+            )
+            pieces.append((rows, outputs))
+            failed.update(model_failed if rows is None else {int(rows[r]): f for r, f in model_failed.items()})
+        outputs = pieces[0][1] if len(pieces) == 1 else _scatter(pieces, size)
+        outcomes, offset = [], 0
+        for block in blocks:
+            count = len(block.features)
+            mine = {r - offset: f for r, f in failed.items() if offset <= r < offset + count}
+            block_outputs = outputs[offset : offset + count]
+            if mine:
+                kept = np.ones(count, bool)
+                kept[list(mine)] = False
+                block_outputs = block_outputs[kept]
+            outcomes.append(_Outcome(block_outputs, mine))
+            offset += count
+        return outcomes
+
     def get_num_bytes(self, batch: Sequence[_Block]) -> int:
         return sum(block.features.nbytes for block in batch)
+
+    def batch_elements_kwargs(self) -> typing.Mapping[str, Any]:
+        return self._batching
+
+    def get_metrics_namespace(self) -> str:
+        return self._namespace
+
+
+class _ResidentModels:
+    """The models loaded in one worker process: at most ``limit``, least recently used leave first."""
+
+    def __init__(self, handlers: dict[str, _BlockHandler], limit: Optional[int], namespace: str) -> None:
+        self._handlers = handlers
+        self._limit = limit
+        self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loads = Metrics.counter(namespace, "model_loads")
+
+    def resident_first(self, indices: Iterable[int]) -> list[int]:
+        """Serving loaded models first spares reloads when a batch needs more than the limit."""
+        ids = list(self._handlers)
+        return sorted(indices, key=lambda m: ids[m] not in self._loaded)
+
+    def get(self, model_id: str) -> Any:
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            if self._limit and len(self._loaded) >= self._limit:
+                self._loaded.popitem(last=False)
+            model = self._handlers[model_id].load_model()
+            self._loads.inc()
+            self._loaded[model_id] = model
+            return model
 
 
 def _batch_function(definition: steps.StepDefinition, params: dict) -> Any:
@@ -665,58 +793,88 @@ def _assemble(pieces: list[tuple[int, Any]], size: int, failed: dict) -> Any:
     return outputs
 
 
+def _scatter(pieces: list[tuple[np.ndarray, Any]], size: int) -> Any:
+    """Outputs of several models, each for its rows of the batch, as one array in row order."""
+    first = pieces[0][1]
+    if all(values.shape[1:] == first.shape[1:] for _, values in pieces):
+        dtype = np.result_type(*[values.dtype for _, values in pieces])
+        outputs = np.zeros((size, *first.shape[1:]), dtype=dtype)
+    else:  # e.g. classifiers with different numbers of classes: one object per row
+        outputs = np.empty(size, dtype=object)
+    for rows, values in pieces:
+        if outputs.dtype == object and values.ndim > 1:
+            for r, value in zip(rows, values):
+                outputs[r] = value
+        else:
+            outputs[rows] = values
+    return outputs
+
+
 # --- Stage 3: outputs -> output blocks ----------------------------------------------------------
 
 
 class _FinishBlocks(beam.DoFn):
-    """Writes the served rows of each block as one output block; failed rows as failure Rows."""
+    """Writes the served rows of each block as an output block; failed rows as failure Rows."""
 
     def __init__(self, spec: InferenceSpec, layout: Any) -> None:
         self._spec = spec
         self._layout = layout
+        self._ids = [m.id for m in spec.models]
 
     def setup(self) -> None:
         ns = self._spec.metrics_namespace
         self._out = Metrics.counter(ns, "inferences_out")
         self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("preprocess", "inference", "postprocess", "output")}
 
-    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
-        model_id, result = keyed
+    def process(self, result: PredictionResult) -> Iterable[Any]:
         block, outcome = result.example, result.inference
         for row, failed in sorted(outcome.failed.items()):
-            yield self._failure(failed.stage, failed.step, failed.error, block, row, model_id)
+            yield self._failure(failed.stage, failed.step, failed.error, block, row)
+        served = np.arange(len(block.features))
         if outcome.failed:
-            kept = np.ones(len(block.features), bool)
-            kept[list(outcome.failed)] = False
-            served = np.flatnonzero(kept)
-        else:
-            served = None
-        if served is not None and not len(served):
+            served = np.delete(served, list(outcome.failed))
+        if not len(served):
             return
-        keys = block.keys if served is None else _take(block.keys, served)
-        passthrough = block.passthrough if served is None else {n: _take(c, served) for n, c in block.passthrough.items()}
-        try:
-            out = self._layout.write(keys, outcome.outputs, self._spec.inference_kind, model_id, passthrough)
-        except Exception as e:  # noqa: BLE001 - outputs of the wrong kind fail their rows
-            error = ValueError(f"cannot make the inferences {self._spec.inference_kind}s: {e}")
-            rows = range(len(block.features)) if served is None else served.tolist()
-            for row in rows:
-                yield self._failure("output", None, error, block, row, model_id)
-            return
-        self._out.inc(len(outcome.outputs))
-        yield window.TimestampedValue(out, block.timestamp)
+        whole = len(served) == len(block.features)
+        models = block.models if block.models is None or whole else block.models[served]
+        for rows, model_id in self._parts(models):
+            chosen = served if rows is None else served[rows]
+            every = whole and rows is None
+            keys = block.keys if every else _take(block.keys, chosen)
+            passthrough = block.passthrough if every else {n: _take(c, chosen) for n, c in block.passthrough.items()}
+            outputs = outcome.outputs if rows is None else outcome.outputs[rows]
+            try:
+                out = self._layout.write(keys, outputs, self._spec.inference_kind, model_id, passthrough)
+            except Exception as e:  # noqa: BLE001 - outputs of the wrong kind fail their rows
+                error = ValueError(f"cannot make the inferences {self._spec.inference_kind}s: {e}")
+                for row in chosen.tolist():
+                    yield self._failure("output", None, error, block, row)
+                continue
+            self._out.inc(len(outputs))
+            yield window.TimestampedValue(out, block.timestamp)
 
-    def _failure(self, stage, step, error, block: _Block, row: int, model_id):
+    def _parts(self, models: Optional[np.ndarray]) -> list[tuple[Optional[np.ndarray], Any]]:
+        """(rows of the served outputs, model_id) per output block: one block when one model
+        served them all or the layout takes a model_id per row, else one block per model."""
+        if models is None:
+            return [(None, self._ids[0])]
+        present = np.unique(models)
+        if len(present) == 1:
+            return [(None, self._ids[int(present[0])])]
+        if not self._layout.one_model_per_block:
+            return [(None, np.asarray(self._ids, dtype=object)[models])]
+        return [(np.flatnonzero(models == m), self._ids[int(m)]) for m in present]
+
+    def _failure(self, stage, step, error, block: _Block, row: int):
         self._failed[stage].inc()
-        position = int(block.positions[row])
         failure = beam.Row(
             stage=stage,
             step=step,
             error_type=type(error).__name__,
             message=str(error),
-            element=block.describe(position),
+            element=block.describe(int(block.positions[row])),
             key=str(_value(block.keys, row)),
-            model_id=model_id,
+            model_id=self._ids[block.model_index(row)],
         )
         return beam.pvalue.TaggedOutput(FAILURES_TAG, window.TimestampedValue(failure, block.timestamp))
 

@@ -610,8 +610,9 @@ class _LatestModelPaths(beam.DoFn):
 
     LATEST = beam.transforms.userstate.ReadModifyWriteStateSpec("latest", beam.coders.PickleCoder())
 
-    def __init__(self, spec: InferenceSpec) -> None:
+    def __init__(self, spec: InferenceSpec, as_json: bool = False) -> None:
         self._models = spec.models
+        self._as_json = as_json
 
     def process(self, keyed: tuple, latest=beam.DoFn.StateParam(LATEST)) -> Iterable[Any]:
         _, (model_id, uri, ts) = keyed
@@ -620,6 +621,10 @@ class _LatestModelPaths(beam.DoFn):
             return  # an older update arriving late
         paths[model_id] = (ts, uri)
         latest.write(paths)
+        if self._as_json:  # one handler serving every model: {model_id: uri} of them all
+            current = {m.id: paths.get(m.id, (0, m.uri))[1] for m in self._models}
+            yield ModelMetadata(model_id=json.dumps(current, sort_keys=True), model_name="models")
+            return
         if len(self._models) == 1:
             yield ModelMetadata(model_id=uri, model_name=model_id)
             return
@@ -652,9 +657,13 @@ class _ToModelUpdate(beam.DoFn):
 
 
 def _model_metadata(
-    spec: InferenceSpec, updates: Optional[beam.PCollection], pipeline: beam.Pipeline
+    spec: InferenceSpec, updates: Optional[beam.PCollection], pipeline: beam.Pipeline, as_json: bool = False
 ) -> Optional[beam.PCollection]:
-    """The RunInference side input that swaps models, from update Rows and watched patterns."""
+    """The RunInference side input that swaps models, from update Rows and watched patterns.
+
+    With ``as_json``, for a handler that serves every model, each update is one ModelMetadata
+    whose model_id is the JSON object {model_id: uri} of all models.
+    """
     from apache_beam.ml.inference.utils import WatchFilePattern
 
     sources = []
@@ -677,7 +686,7 @@ def _model_metadata(
         | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
         | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
         | "OneKey" >> beam.Map(lambda update: ("models", update))
-        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec))
+        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec, as_json))
         | "EveryUpdate" >> beam.WindowInto(
             window.GlobalWindows(),
             trigger=trigger.Repeatedly(trigger.AfterCount(1)),
