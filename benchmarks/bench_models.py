@@ -34,6 +34,20 @@ def digits_labels() -> np.ndarray:
     return load_digits(return_X_y=True)[1]
 
 
+def write_digits_csv(path: str) -> None:
+    """The digits as JavaThroughput reads them: id,label,pixel_0..pixel_63 (raw 0..16 values)."""
+    import csv
+
+    from sklearn.datasets import load_digits
+
+    pixels, labels = load_digits(return_X_y=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", *[f"pixel_{i}" for i in range(pixels.shape[1])]])
+        for i, (row, label) in enumerate(zip(pixels, labels)):
+            writer.writerow([i, int(label), *[repr(float(v)) for v in row]])
+
+
 class _CallLog:
     """Appends 'nanoseconds rows' per call to a file shared by every process and thread."""
 

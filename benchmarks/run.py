@@ -34,12 +34,17 @@ RESULTS = HERE / "results"
 # rows per (workload, system kind) at each size; stock systems run fewer rows where they are slow
 # (throughput is a rate; they still see hundreds of thousands of rows at full size).
 SIZES = {
-    "smoke": {"digits": 5000, "torch": 2000, "keyed": 4000, "keyed-bounded": 4000, "slow": 2000},
-    "full": {"digits": 2_000_000, "torch": 200_000, "keyed": 2_000_000, "keyed-bounded": 2_000_000, "slow": 200_000},
+    "smoke": {"digits": 5000, "torch": 2000, "keyed": 4000, "keyed-bounded": 4000, "slow": 2000, "java": 4000},
+    "full": {
+        "digits": 2_000_000, "torch": 1_000_000, "keyed": 2_000_000, "keyed-bounded": 2_000_000,
+        "slow": 200_000, "java": 1_000_000,
+    },
 }
 PYTHON_SYSTEMS = ("raw", "stock-python", "inferbridge-python", "inferbridge-python-rows")
 JAVA_SYSTEMS = ("stock-java", "inferbridge-java-blocks", "inferbridge-java-rows")
 SLOW = {"stock-java", "inferbridge-java-rows", "inferbridge-python-rows"}
+# Beam's torch handler runs one tensor per element: a million of them would take minutes.
+SLOW_ON = {("stock-python", "torch")}
 STOCK_OF = {"python": "stock-python", "java": "stock-java"}
 
 
@@ -105,18 +110,23 @@ def latencies(log: Path) -> tuple[float | None, float | None, int]:
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.95))], round(rows)
 
 
-def run_system(system: str, workload: str, rows: int, work: Path, java_cmd: list[str] | None) -> dict:
+def rows_for(system: str, workload: str, sizes: dict) -> int:
+    if system in SLOW or (system, workload) in SLOW_ON:
+        return sizes["slow"]
+    return sizes["java"] if language(system) == "java" else sizes[workload]
+
+
+def run_system(system: str, workload: str, rows: int, work: Path) -> dict:
     log = work / "calls.log"
     log.unlink(missing_ok=True)
     count_file = work / "count.txt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    command = [
+        sys.executable, str(HERE / f"{language(system)}_systems.py"), "--system", system, "--workload", workload,
+        "--rows", str(rows), "--models", str(work / "models.json"),
+    ]
     if language(system) == "python":
-        command = [
-            sys.executable, str(HERE / "python_systems.py"), "--system", system, "--workload", workload,
-            "--rows", str(rows), "--models", str(work / "models.json"), "--count-file", str(count_file),
-        ]
-    else:
-        command = [*java_cmd, "--system", system, "--workload", workload, "--rows", str(rows), "--models", str(work / "models.json")]
+        command += ["--count-file", str(count_file)]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
     memory = TreeMemory(process.pid)
@@ -216,12 +226,9 @@ def main() -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--workloads", nargs="*", default=["digits", "torch", "keyed", "keyed-bounded"])
     parser.add_argument("--systems", nargs="*", default=[*PYTHON_SYSTEMS, *JAVA_SYSTEMS])
-    parser.add_argument("--java-command", help="launches JavaThroughput (set by scripts/benchmark)")
     parser.add_argument("--results", default=str(RESULTS), help="folder for latest.json/.md/.png")
     args = parser.parse_args()
     sizes = SIZES[args.size]
-    java_cmd = args.java_command.split() if args.java_command else None
-    systems = [s for s in args.systems if language(s) == "python" or java_cmd]
 
     work = Path(tempfile.mkdtemp(prefix="inferbridge-bench-"))
     results: list[dict] = []
@@ -233,11 +240,10 @@ def main() -> int:
         (work / "models.json").write_text(json.dumps(models))
         for workload in args.workloads:
             print(f"{workload}:", flush=True)
-            for system in systems:
-                if system.startswith("stock-java") and workload != "digits":
-                    continue  # Beam's Java wrapper takes one model handler; the other workloads need keys or torch
-                rows = sizes["slow" if system in SLOW else workload]
-                results.append(run_system(system, workload, rows, work, java_cmd))
+            for system in args.systems:
+                if language(system) == "java" and (workload == "torch" or (system == "stock-java" and workload != "digits")):
+                    continue  # the Java benchmark runs scikit-learn models; Beam's wrapper maps no keys
+                results.append(run_system(system, workload, rows_for(system, workload, sizes), work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     add_ratios(results)
