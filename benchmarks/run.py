@@ -169,6 +169,9 @@ def add_ratios(results: list[dict]) -> None:
         stock = by.get((r["workload"], STOCK_OF[r["language"]]))
         r["ratio_to_raw"] = round(r["rows_per_sec"] / raw["rows_per_sec"], 3) if raw else None
         r["ratio_to_stock"] = round(r["rows_per_sec"] / stock["rows_per_sec"], 3) if stock else None
+        python = by.get((r["workload"], "inferbridge-python"))
+        if r["language"] == "java" and python:
+            r["ratio_to_inferbridge_python"] = round(r["rows_per_sec"] / python["rows_per_sec"], 3)
         single = by.get(("digits", r["system"]))
         if r["workload"].startswith("keyed") and single:
             r["ratio_to_single_model"] = round(r["rows_per_sec"] / single["rows_per_sec"], 3)
@@ -205,6 +208,7 @@ def chart(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     workloads = list(dict.fromkeys(r["workload"] for r in results))
     systems = list(dict.fromkeys(r["system"] for r in results))
@@ -213,6 +217,7 @@ def chart(results: list[dict], path: Path) -> None:
         shown = [r for r in results if r["workload"] == workload and "rows_per_sec" in r]
         ax.barh([r["system"] for r in shown], [r["rows_per_sec"] for r in shown], color=[f"C{systems.index(r['system'])}" for r in shown])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(workload)
         ax.set_xlabel("rows/s (log scale)")
         ax.invert_yaxis()
