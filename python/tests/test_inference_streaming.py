@@ -229,3 +229,46 @@ def test_a_watched_pattern_feeds_the_model_updates(versions):
     names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
     assert any(name.endswith("Watch0") for name in names)
     assert any(name.endswith("LatestModelPaths") for name in names)
+
+
+def _block_rows(batch):
+    return [(r["id"], r["model_id"], r["inference"]) for r in batch.to_pylist()]
+
+
+def test_an_update_replaces_one_of_several_keyed_models_in_blocks(versions, held_out):
+    import pyarrow as pa
+
+    from inferbridge import BlockInference
+
+    v1, paths, policy = versions
+    pixels, _ = held_out
+    block = pa.RecordBatch.from_arrays(
+        [pa.array(range(10)), pa.array(["ab"[i % 2] for i in range(10)]), pa.array((pixels[:10]).tolist())],
+        names=["id", "group", "pixels"],
+    )
+    stream = (
+        test_stream.TestStream()
+        .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
+        .advance_watermark_to(1, tag="updates")
+        .advance_processing_time(10)
+        .add_elements([window.TimestampedValue(block, 1)], tag="rows")
+        .advance_processing_time(10)
+        .advance_watermark_to_infinity(tag="rows")
+        .advance_watermark_to_infinity(tag="updates")
+    )
+    with streaming_pipeline() as p:
+        streams = p | stream
+        result = streams["rows"] | BlockInference(
+            [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
+            key_field="group",
+            feature_fields="pixels",
+            passthrough_fields=["id"],
+            preprocess=[Step("scale", factor=1 / 16)],
+            model_updates=streams["updates"],
+            policy=policy,
+        )
+        before = v1.predict(pixels[:10] / 16)
+        assert_that(
+            result.inferences | beam.FlatMap(_block_rows),
+            equal_to([(i, "ab"[i % 2], float(before[i]) if i % 2 == 0 else 7.0) for i in range(10)]),
+        )

@@ -563,43 +563,34 @@ class _StageError(Exception):
 
 
 class _KeyedModels(KeyedModelHandler):
-    """Beam's KeyedModelHandler, keyed by model_id, with the spec's batching.
+    """Beam's multi-model KeyedModelHandler, keyed by model_id, with the spec's batching.
 
     (Beam ignores the inner handlers' batching settings in multi-model mode.)
     """
 
-    def __init__(self, models: Any, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
-        super().__init__(models, max_models_per_worker_hint=max_models)
+    def __init__(self, mappings: list, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
+        super().__init__(mappings, max_models_per_worker_hint=max_models)
         self._batching = dict(batching)
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return self._batching
 
-    def run_inference(self, batch, model, inference_args=None):
-        # Beam's BatchElements emits an empty batch when the first element of a bundle is
-        # larger than its size target (blocks, sized by rows), which KeyedModelHandler rejects.
-        return super().run_inference(batch, model, inference_args) if batch else []
-
     def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
         return sum(ex.features.nbytes for _, ex in batch)
 
 
-def _keyed_handler(
-    spec: InferenceSpec, policy: LoadPolicy, handler_class: Optional[type] = None
-) -> KeyedModelHandler:
+def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler:
     """Elements are keyed by model_id, so several element keys share a model without copies.
 
     The pre/postprocessing steps live outside Beam's handlers (in the Prepare and Finish stages
     and in _IsolatingHandler), so a keyed multi-model handler is never wrapped with Beam's
     pre/post functions, which fails at run time in Beam 2.77.
     """
-    handler_class = handler_class or _IsolatingHandler
-    handlers = [handler_class(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
-    batching = handlers[0].batch_elements_kwargs()
+    handlers = [_IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
     if len(handlers) == 1:
-        return _KeyedModels(handlers[0], None, batching)
+        return KeyedModelHandler(handlers[0])
     mappings = [KeyModelMapping([m.id], h) for m, h in zip(spec.models, handlers)]
-    return _KeyedModels(mappings, spec.max_models_per_worker, batching)
+    return _KeyedModels(mappings, spec.max_models_per_worker, handlers[0].batch_elements_kwargs())
 
 
 # --- Model refresh ------------------------------------------------------------------------------

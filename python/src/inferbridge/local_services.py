@@ -87,13 +87,22 @@ def expansion_service(
             process.wait()
 
 
+class _LoopbackJobServicer(local_job_service.LocalJobServicer):
+    """Beam's local job service on 127.0.0.1 only. On "localhost" with a free port, gRPC binds
+    the port on one address family and only tries the same port on the other; when that one is
+    taken there, clients that resolve localhost to it reach another socket and wait forever."""
+
+    def get_service_address(self) -> str:
+        return "127.0.0.1"
+
+
 @contextlib.contextmanager
 def job_service(port: int = 0) -> Iterator[str]:
     """Runs Beam's local (portable, batch) job service in this process; yields its address."""
-    servicer = local_job_service.LocalJobServicer()
+    servicer = _LoopbackJobServicer()
     bound = servicer.start_grpc_server(port)
     try:
-        yield f"localhost:{bound}"
+        yield f"127.0.0.1:{bound}"
     finally:
         servicer.stop()
 
