@@ -83,14 +83,20 @@ def test_missing_model_file_fails_at_construction_naming_the_uri(java_classpath,
     ), result.stderr[-4000:]
 
 
-def test_bad_rows_reach_the_failures_output_and_the_rest_is_inferred(java_classpath, digits_dir, services, tmp_path):
+def data_with_a_short_first_row(digits_dir, tmp_path):
+    """A copy of the digits data whose first row keeps 10 pixels: (folder, first row, the rest)."""
     data = tmp_path / "data"
     shutil.copytree(digits_dir, data)
     with open(digits_dir / "test_rows.csv") as f:
         rows = list(csv.reader(f))
     header, first, rest = rows[0], rows[1], rows[2:]
     with open(data / "test_rows.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, first[:12], *rest])  # the first row keeps 10 pixels
+        csv.writer(f).writerows([header, first[:12], *rest])
+    return data, first, rest
+
+
+def test_bad_rows_reach_the_failures_output_and_the_rest_is_inferred(java_classpath, digits_dir, services, tmp_path):
+    data, first, rest = data_with_a_short_first_row(digits_dir, tmp_path)
     failures = tmp_path / "failures.jsonl"
     result = run_java(java_classpath, services, f"--modelDir={data}", f"--failuresFile={failures}")
     assert result.returncode == 1  # the example exits 1 when rows are missing from its accuracy
@@ -114,14 +120,8 @@ def test_packed_blocks_give_the_same_predictions(java_classpath, digits_dir, ser
 
 
 def test_packed_blocks_isolate_a_bad_row(java_classpath, digits_dir, services, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(digits_dir, data)
-    with open(digits_dir / "test_rows.csv") as f:
-        rows = list(csv.reader(f))
-    header, first, rest = rows[0], rows[1], rows[2:]
-    with open(data / "test_rows.csv", "w", newline="") as f:
-        # The short row starts a block of its own (another feature count), where the model fails.
-        csv.writer(f).writerows([header, first[:12], *rest])
+    # The short row starts a block of its own (another feature count), where the model fails.
+    data, first, rest = data_with_a_short_first_row(digits_dir, tmp_path)
     failures = tmp_path / "failures.jsonl"
     result = run_java(java_classpath, services, f"--modelDir={data}", "--blockSize=64", f"--failuresFile={failures}")
     assert result.returncode == 1

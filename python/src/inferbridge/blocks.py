@@ -25,7 +25,6 @@ from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.coders import RowCoder
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.portability.api import external_transforms_pb2
@@ -123,13 +122,8 @@ class BlockInference(Inference):
         return InferenceResult(inferences, failures)
 
     @staticmethod
-    def from_runner_api_parameter(
-        unused_ptransform: Any,
-        payload: external_transforms_pb2.ExternalConfigurationPayload,
-        unused_context: Any,
-    ) -> "BlockInference":
-        config = RowCoder(payload.schema).decode(payload.payload)
-        return BlockInference.from_spec(InferenceSpec.from_config(config))
+    def from_runner_api_parameter(unused_ptransform: Any, payload: Any, unused_context: Any) -> "BlockInference":
+        return BlockInference.from_payload(payload)
 
 
 # --- Layouts: a block element <-> columns ---------------------------------------------------------

@@ -224,14 +224,14 @@ class Inference(beam.PTransform):
             return super().to_runner_api_parameter(context)
         return self.urn, NamedTupleBasedPayloadBuilder(self._spec.to_config()).build()
 
+    @classmethod
+    def from_payload(cls, payload: external_transforms_pb2.ExternalConfigurationPayload) -> "Inference":
+        """The composite for a configuration payload (decoded with its own schema)."""
+        return cls.from_spec(InferenceSpec.from_config(RowCoder(payload.schema).decode(payload.payload)))
+
     @staticmethod
-    def from_runner_api_parameter(
-        unused_ptransform: Any,
-        payload: external_transforms_pb2.ExternalConfigurationPayload,
-        unused_context: Any,
-    ) -> "Inference":
-        config = RowCoder(payload.schema).decode(payload.payload)
-        return Inference.from_spec(InferenceSpec.from_config(config))
+    def from_runner_api_parameter(unused_ptransform: Any, payload: Any, unused_context: Any) -> "Inference":
+        return Inference.from_payload(payload)
 
 
 # --- Stage 1: input rows -> (model_id, example) -------------------------------------------------
