@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.transforms import window
 from apache_beam.typehints.row_type import RowTypeConstraint
@@ -47,6 +47,7 @@ from inferbridge.inference import (
     _numeric_array,
     _same_length,
     _StageError,
+    run_inference,
 )
 from inferbridge.policy import LoadPolicy
 from inferbridge.spec import RUN_INFERENCE_BLOCKS_URN, InferenceSpec, input_fields
@@ -100,14 +101,7 @@ class BlockInference(Inference):
         prepared = blocks | "PrepareBlocks" >> beam.ParDo(_PrepareBlocks(spec, layout)).with_output_types(
             _Block
         ).with_outputs(FAILURES_TAG, main="blocks")
-        run = RunInference(
-            handler,
-            metrics_namespace=spec.metrics_namespace,
-            model_metadata_pcoll=_model_metadata(spec, updates, blocks.pipeline, as_json=True),
-        )
-        hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
-        if hints:
-            run = run.with_resource_hints(**hints)
+        run = run_inference(spec, handler, _model_metadata(spec, updates, blocks.pipeline, as_json=True))
         finished = (
             prepared.blocks
             | "RunInference" >> run

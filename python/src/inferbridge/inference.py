@@ -183,15 +183,7 @@ class Inference(beam.PTransform):
         prepared = rows | "Prepare" >> beam.ParDo(
             _Prepare(spec, convert_key=key_type is str)
         ).with_outputs(FAILURES_TAG, main="examples")
-        metadata = _model_metadata(spec, updates, rows.pipeline)
-        run = RunInference(
-            handler,
-            metrics_namespace=spec.metrics_namespace,
-            model_metadata_pcoll=metadata,
-        )
-        hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
-        if hints:
-            run = run.with_resource_hints(**hints)
+        run = run_inference(spec, handler, _model_metadata(spec, updates, rows.pipeline))
         finished = (
             prepared.examples
             | "RunInference" >> run
@@ -232,6 +224,13 @@ class Inference(beam.PTransform):
     @staticmethod
     def from_runner_api_parameter(unused_ptransform: Any, payload: Any, unused_context: Any) -> "Inference":
         return Inference.from_payload(payload)
+
+
+def run_inference(spec: InferenceSpec, handler: ModelHandler, metadata: Optional[beam.PCollection]) -> RunInference:
+    """Beam's RunInference for ``handler`` with the spec's metrics namespace and resource hints."""
+    run = RunInference(handler, metrics_namespace=spec.metrics_namespace, model_metadata_pcoll=metadata)
+    hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
+    return run.with_resource_hints(**hints) if hints else run
 
 
 # --- Stage 1: input rows -> (model_id, example) -------------------------------------------------
