@@ -1,9 +1,13 @@
 """Streaming: windows and late data pass through, and models are replaced mid-stream."""
 
+import os
 import pickle
+import shutil
+import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
@@ -214,21 +218,132 @@ def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
         )
 
 
-def test_a_watched_pattern_feeds_the_model_updates(versions):
-    """The watch runs until the pipeline stops, so this checks the wiring, not a live swap."""
-    _, paths, policy = versions
-    p = streaming_pipeline()
-    rows = p | beam.Create([row(0, [0.0] * 64)])
-    _ = rows | Inference(
-        Model.sklearn(paths["v1"], model_id="digits", watch_pattern=paths["v1"].replace("v1", "v*")),
-        key_field="id",
-        feature_fields="pixels",
-        watch_interval_secs=5,
-        policy=policy,
-    )
-    names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
-    assert any(name.endswith("Watch0") for name in names)
-    assert any(name.endswith("LatestModelPaths") for name in names)
+class _PublishAt(beam.DoFn):
+    """Passes rows through; before row ``at`` it publishes a new model file into the watched folder."""
+
+    def __init__(self, at, source, target):
+        self._at, self._source, self._target = at, source, target
+
+    def process(self, element):
+        if _row_id(element) == self._at:
+            shutil.copyfile(self._source, self._target)
+            later = os.stat(self._source).st_mtime + 60  # newer than every file already there
+            os.utime(self._target, (later, later))
+            time.sleep(0.05)  # longer than the watch interval
+        yield element
+
+
+def _row_id(element):
+    return element.column("id")[0].as_py() if hasattr(element, "column") else element.id
+
+
+def _watched_folder(paths, tmp_path):
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    shutil.copyfile(paths["v1"], folder / "model-1.pkl")
+    return folder
+
+
+def test_a_newer_file_of_the_watch_pattern_replaces_the_model_mid_run(versions, held_out, tmp_path):
+    """Each worker checks the pattern itself (no side input): rows before the new file get v1, rows after it v2."""
+    v1, paths, _ = versions
+    pixels, _ = held_out
+    folder = _watched_folder(paths, tmp_path)
+    policy = LoadPolicy(trusted_roots=(str(folder),))
+    with beam.Pipeline() as p:
+        result = (
+            p
+            | beam.Create([[row(i, pixels[i]) for i in range(10)]])
+            | beam.FlatMap(lambda rows: rows)
+            | beam.ParDo(_PublishAt(5, paths["v2"], folder / "model-2.pkl"))
+            | Inference(
+                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
+                key_field="id",
+                feature_fields="pixels",
+                preprocess=[Step("scale", factor=1 / 16)],
+                watch_interval_secs=0.01,
+                min_batch_size=1,
+                max_batch_size=1,
+                policy=policy,
+            )
+        )
+        served = result.inferences | beam.Map(lambda r: (r.key, r.inference))
+        # Beam's BatchElements sends a batch when the next row arrives, so row 4 may meet either model.
+        before = v1.predict(pixels[:4] / 16)
+        assert_that(
+            served | beam.Filter(lambda kv: kv[0] != 4),
+            equal_to([(i, float(before[i])) for i in range(4)] + [(i, 7.0) for i in range(5, 10)]),
+        )
+        assert_that(
+            served | beam.Filter(lambda kv: kv[0] == 4) | beam.Map(lambda kv: kv[1] in (float(v1.predict(pixels[4:5] / 16)[0]), 7.0)),
+            equal_to([True]),
+            label="Row4",
+        )
+
+
+def test_a_watched_file_that_fails_to_load_keeps_the_model(versions, held_out, tmp_path):
+    v1, paths, _ = versions
+    pixels, _ = held_out
+    folder = _watched_folder(paths, tmp_path)
+    with beam.Pipeline() as p:
+        result = (
+            p
+            | beam.Create([[row(i, pixels[i]) for i in range(6)]])
+            | beam.FlatMap(lambda rows: rows)
+            | beam.ParDo(_PublishAt(3, paths["broken"], folder / "model-2.pkl"))
+            | Inference(
+                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
+                key_field="id",
+                feature_fields="pixels",
+                preprocess=[Step("scale", factor=1 / 16)],
+                watch_interval_secs=0.01,
+                min_batch_size=1,
+                max_batch_size=1,
+                policy=LoadPolicy(trusted_roots=(str(folder),)),
+            )
+        )
+        expected = v1.predict(pixels[:6] / 16)
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(expected[i])) for i in range(6)]))
+        assert_that(result.failures, equal_to([]), label="NoFailures")
+    reloads = p.result.metrics().query(MetricsFilter().with_name("model_reload_failures"))["counters"]
+    assert sum(c.committed for c in reloads) == 1
+
+
+def test_a_newer_watched_file_replaces_the_model_in_blocks(versions, held_out, tmp_path):
+    import pyarrow as pa
+
+    from inferbridge import BlockInference
+
+    v1, paths, _ = versions
+    pixels, _ = held_out
+    folder = _watched_folder(paths, tmp_path)
+    blocks = [
+        pa.record_batch({"id": [i], "pixels": [[float(v) for v in pixels[i]]]}) for i in range(6)
+    ]
+    with beam.Pipeline() as p:
+        result = (
+            p
+            | beam.Create([blocks])
+            | beam.FlatMap(lambda bs: bs)
+            | beam.ParDo(_PublishAt(3, paths["v2"], folder / "model-2.pkl"))
+            | BlockInference(
+                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
+                key_field="id",
+                feature_fields="pixels",
+                preprocess=[Step("scale", factor=1 / 16)],
+                watch_interval_secs=0.01,
+                min_batch_size=1,
+                max_batch_size=1,
+                policy=LoadPolicy(trusted_roots=(str(folder),)),
+            )
+        )
+        before = v1.predict(pixels[:2] / 16)
+        served = result.inferences | beam.FlatMap(lambda b: [(r["key"], r["inference"]) for r in b.to_pylist()])
+        # As with rows, block 2 is sent when block 3 arrives, and may meet either model.
+        assert_that(
+            served | beam.Filter(lambda kv: kv[0] != 2),
+            equal_to([(i, int(before[i])) for i in range(2)] + [(i, 7) for i in range(3, 6)]),
+        )
 
 
 def _block_rows(batch):

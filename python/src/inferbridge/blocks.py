@@ -101,7 +101,7 @@ class BlockInference(Inference):
         prepared = blocks | "PrepareBlocks" >> beam.ParDo(_PrepareBlocks(spec, layout)).with_output_types(
             _Block
         ).with_outputs(FAILURES_TAG, main="blocks")
-        run = run_inference(spec, handler, _model_metadata(spec, updates, blocks.pipeline, as_json=True))
+        run = run_inference(spec, handler, _model_metadata(spec, updates, as_json=True))
         finished = (
             prepared.blocks
             | "RunInference" >> run
@@ -596,6 +596,7 @@ class _BlockHandler(_IsolatingHandler):
     def predict_rows(self, matrix: np.ndarray, model: Any, inference_args: Optional[dict]) -> tuple[Any, dict[int, _Failed]]:
         """Outputs for every row of ``matrix`` (placeholders where a row failed), and the failed rows."""
         self._setup()
+        model = self._current_model(model)
         start = time.perf_counter()
         pieces: list[tuple[int, Any]] = []
         failed: dict[int, _Failed] = {}

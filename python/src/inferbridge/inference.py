@@ -183,7 +183,7 @@ class Inference(beam.PTransform):
         prepared = rows | "Prepare" >> beam.ParDo(
             _Prepare(spec, convert_key=key_type is str)
         ).with_outputs(FAILURES_TAG, main="examples")
-        run = run_inference(spec, handler, _model_metadata(spec, updates, rows.pipeline))
+        run = run_inference(spec, handler, _model_metadata(spec, updates))
         finished = (
             prepared.examples
             | "RunInference" >> run
@@ -369,6 +369,11 @@ def _build(stage: str, resolved: Sequence[tuple[str, Any, dict]], batch: bool = 
 # now serving; this is what it falls back to.
 _last_good_uris: dict[str, str] = {}
 _last_good_lock = threading.Lock()
+# Models loaded from a watch pattern in this process: handler token -> (uri, model).
+_watched_models: dict[str, tuple[str, Any]] = {}
+# Uris of a watch pattern that failed to load: handler token -> uri (not retried until a newer file).
+_watch_failures: dict[str, str] = {}
+_watch_lock = threading.Lock()
 
 
 class _IsolatingHandler(ModelHandler):
@@ -386,6 +391,9 @@ class _IsolatingHandler(ModelHandler):
         self._model_id = model.id
         self._uri = model.uri
         self._configured_uri = model.uri
+        self._watch_pattern = model.watch_pattern
+        self._watch_interval = spec.watch_interval_secs
+        self._next_watch = 0.0
         # Names this model of this pipeline: every copy of the handler carries the same token.
         self._token = uuid.uuid4().hex
         self._variable_length = spec.variable_length
@@ -447,12 +455,56 @@ class _IsolatingHandler(ModelHandler):
         if model_path:
             self._uri = model_path
             self._inner.update_model_path(model_path)
+            with _watch_lock:  # an update replaces a model loaded from the watch pattern
+                _watched_models.pop(self._token, None)
+
+    def _current_model(self, model: Any) -> Any:
+        """``model``, or the newest file of the watch pattern where that is another file.
+
+        Each worker process checks the pattern itself, every ``watch_interval_secs``, and loads a
+        newer file once: no side input is involved, so this works the same on every runner.
+        """
+        if not self._watch_pattern:
+            return model
+        now = time.monotonic()
+        with _watch_lock:
+            if now >= self._next_watch:
+                self._next_watch = now + self._watch_interval
+                self._load_newest_watched()
+            watched = _watched_models.get(self._token)
+        return model if watched is None else watched[1]
+
+    def _load_newest_watched(self) -> None:
+        try:
+            matches = FileSystems.match([self._watch_pattern])[0].metadata_list
+        except Exception as e:  # noqa: BLE001 - an unreadable pattern keeps the current model
+            _LOGGER.warning("Model %r: watch pattern %r could not be read: %s", self._model_id, self._watch_pattern, e)
+            return
+        if not matches:
+            return
+        newest = max(matches, key=lambda m: (m.last_updated_in_seconds, m.path)).path
+        current = _watched_models.get(self._token, (self._uri, None))[0]
+        if newest in (current, _watch_failures.get(self._token)):
+            return
+        previous = self._inner.uri
+        try:
+            self._inner.update_model_path(newest)
+            _watched_models[self._token] = (newest, self._inner.load_model())
+        except Exception as e:  # noqa: BLE001 - a bad file keeps the current model
+            _watch_failures[self._token] = newest
+            _LOGGER.error("Model %r: loading %s failed (%s: %s); keeping %s", self._model_id, newest, type(e).__name__, e, current)
+            Metrics.counter(self._namespace, "model_reload_failures").inc()
+            self._inner.update_model_path(previous)
+            return
+        _LOGGER.info("Model %r: now serving %s (newest match of %s)", self._model_id, newest, self._watch_pattern)
+        Metrics.counter(self._namespace, "model_watch_reloads").inc()
 
     # Inference.
     def run_inference(
         self, batch: Sequence[_Example], model: Any, inference_args: Optional[dict] = None
     ) -> Iterable[PredictionResult]:
         self._setup()
+        model = self._current_model(model)
         start = time.perf_counter()
         results: list[Any] = [None] * len(batch)
         inputs: list[Any] = [None] * len(batch)
@@ -646,33 +698,19 @@ class _ToModelUpdate(beam.DoFn):
         yield model_id, uri, float(ts)
 
 
-def _model_metadata(
-    spec: InferenceSpec, updates: Optional[beam.PCollection], pipeline: beam.Pipeline, as_json: bool = False
-) -> Optional[beam.PCollection]:
-    """The RunInference side input that swaps models, from update Rows and watched patterns.
+def _model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection], as_json: bool = False) -> Optional[beam.PCollection]:
+    """The RunInference side input that swaps models, from model-update Rows.
 
     With ``as_json``, for a handler that serves every model, each update is one ModelMetadata
-    whose model_id is the JSON object {model_id: uri} of all models.
+    whose model_id is the JSON object {model_id: uri} of all models. (Watch patterns are
+    checked by the handlers themselves, without a side input.)
     """
-    from apache_beam.ml.inference.utils import WatchFilePattern
-
-    sources = []
-    if updates is not None:
-        sources.append(updates)
-    for i, model in enumerate(spec.models):
-        if model.watch_pattern:
-            sources.append(
-                pipeline
-                | f"Watch{i}" >> WatchFilePattern(model.watch_pattern, interval=spec.watch_interval_secs)
-                | f"WatchUpdate{i}" >> beam.Map(lambda md, mid=model.id: beam.Row(model_id=mid, uri=md.model_id))
-            )
-    if not sources:
+    if updates is None:
         return None
-    merged = sources[0] if len(sources) == 1 else tuple(sources) | "ModelUpdates" >> beam.Flatten()
     # Like Beam's WatchFilePattern: the latest value, re-emitted into a global window that fires
     # on every element, so that each update replaces the side input.
     return (
-        merged
+        updates
         | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
         | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
         | "OneKey" >> beam.Map(lambda update: ("models", update))
