@@ -109,11 +109,22 @@ def job_service(port: int = 0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def local_services(
-    expansion_port: int = 0, job_port: int = 0, log_level: str = "WARNING", service_args: Sequence[str] = ()
+    expansion_port: int = 0,
+    job_port: int = 0,
+    log_level: str = "WARNING",
+    service_args: Sequence[str] = (),
+    job_endpoint: Optional[str] = None,
 ) -> Iterator[dict[str, str]]:
-    """Both services; yields the environment variables that point a pipeline at them."""
-    with expansion_service(expansion_port, log_level, service_args=service_args) as expansion, job_service(job_port) as jobs:
-        yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
+    """Both services; yields the environment variables that point a pipeline at them.
+
+    ``job_endpoint``: a running job service (e.g. a Flink job server) to use instead of starting one.
+    """
+    with expansion_service(expansion_port, log_level, service_args=service_args) as expansion:
+        if job_endpoint:
+            yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: job_endpoint}
+            return
+        with job_service(job_port) as jobs:
+            yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -126,6 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--expansion-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--job-port", type=int, default=0, help="default: a free port")
+    parser.add_argument(
+        "--job-endpoint", help="host:port of a running job service (e.g. a Flink job server) to use instead of starting one"
+    )
     parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
     for flag in ("--model-root", "--trusted-model-root", "--allow-model-class"):
         parser.add_argument(flag, action="append", default=[], help="passed to the expansion service")
@@ -143,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         for value in values
     ]
-    with local_services(args.expansion_port, args.job_port, args.log_level, service_args) as env:
+    with local_services(args.expansion_port, args.job_port, args.log_level, service_args, args.job_endpoint) as env:
         print(
             f"inferbridge-local: expansion service {env[EXPANSION_SERVICE_ENV]}, "
             f"job service {env[JOB_ENDPOINT_ENV]}",
