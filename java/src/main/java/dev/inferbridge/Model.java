@@ -176,9 +176,10 @@ public abstract class Model implements Serializable {
   }
 
   /**
-   * A file pattern (e.g. {@code /models/digits-*.pkl}) whose newest match replaces this model
-   * while a streaming pipeline runs, checked every {@link Inference#withWatchInterval}. Cannot be
-   * combined with {@link #withSha256}.
+   * A file pattern (e.g. {@code /models/digits-*.pkl}) whose newest match (by modification time)
+   * replaces this model while the pipeline runs: each worker checks it every {@link
+   * Inference#withWatchInterval}, with no side input, so this works on every runner, Flink
+   * included. Cannot be combined with {@link #withSha256}.
    */
   public Model withWatchPattern(String pattern) {
     if (pattern == null || pattern.trim().isEmpty()) {
