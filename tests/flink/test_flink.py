@@ -7,7 +7,11 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from digits_support import read_predictions, sklearn_predictions
 from inferbridge.local_services import expansion_service
 
 MAIN_CLASS = "dev.inferbridge.examples.DigitsClassification"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -46,35 +51,38 @@ def test_digits_example_on_flink_matches_scikit_learn(java_classpath, digits_dir
     assert set(re.findall(r"\((\d+)/2\)", log.read_text())) == {"1", "2"}
 
 
-def test_a_model_published_mid_stream_takes_over_without_losing_or_repeating_a_row(
-    java_classpath, digits_examples_dir, expansion, flink, tmp_path
-):
-    """StreamingModelUpdate on Flink: 64 ticks of 20 rows from an unbounded source, windows of 8
-    ticks; after rows of tick 24 are classified the pipeline publishes digits_b.pkl into the
-    watched folder. Every window holds exactly its 160 rows, once each; every row is answered by
-    one of the two models; the first windows by the first, the last windows by the second."""
-    job_endpoint, _ = flink
-    result = subprocess.run(
+def run_streaming_example(java_classpath, data_dir, expansion, job_endpoint, output_dir, *args):
+    """StreamingModelUpdate as a running process (20 rows per tick, windows of 8 ticks)."""
+    return subprocess.Popen(
         [
             "java", "-cp", java_classpath, "dev.inferbridge.examples.StreamingModelUpdate",
-            f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}",
+            f"--dataDir={data_dir}", f"--outputDir={output_dir}", *args,
         ],
         env={**os.environ, "INFERBRIDGE_EXPANSION_SERVICE": expansion, "INFERBRIDGE_JOB_ENDPOINT": job_endpoint},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.strip().splitlines()[-1] == "windows=8 rows=1280 failures=0"
 
-    with open(digits_examples_dir / "test_rows.csv") as f:
+
+def finish(job):
+    stdout, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-4000:]
+    return stdout.strip().splitlines()[-1]
+
+
+def served_by_window(output_dir, data_dir):
+    """For each window file, in order: which model answered its rows ("first", "second" or
+    "both"), after checking that it holds exactly its 160 ids, once each, and that every
+    prediction is one of the two models'."""
+    with open(data_dir / "test_rows.csv") as f:
         pixels = np.array([[float(v) for v in r[2:]] for r in list(csv.reader(f))[1:]]) / 16
     first, second = (
-        pickle.loads((digits_examples_dir / name).read_bytes()).predict_proba(pixels).argmax(1)
+        pickle.loads((data_dir / name).read_bytes()).predict_proba(pixels).argmax(1)
         for name in ("digits.pkl", "digits_b.pkl")
     )
-    windows = sorted((tmp_path / "windows").glob("*.csv"), key=lambda f: int(f.stem))
     served_by = []
+    windows = sorted((output_dir / "windows").glob("*.csv"), key=lambda f: int(f.stem))
     for w, file in enumerate(windows):
         rows = [(int(i), int(p)) for i, p in csv.reader(file.open())]
         assert sorted(i for i, _ in rows) == list(range(160 * w, 160 * (w + 1))), file.name
@@ -86,7 +94,106 @@ def test_a_model_published_mid_stream_takes_over_without_losing_or_repeating_a_r
             else "second" if np.array_equal(predictions, second[ids])
             else "both"
         )
-    # The update lands in window 3 (ticks 24-31); each worker switches at its next check.
-    assert served_by[:2] == ["first", "first"], served_by
-    assert served_by[5:] == ["second"] * 3, served_by
-    assert served_by.index("second") <= 5, served_by
+    return served_by
+
+
+def test_a_model_published_mid_stream_takes_over_without_losing_or_repeating_a_row(
+    java_classpath, digits_examples_dir, expansion, flink, tmp_path
+):
+    """StreamingModelUpdate on Flink: 64 ticks of 20 rows from an unbounded source, windows of 8
+    ticks; after rows of tick 24 are classified the pipeline publishes digits_b.pkl into the
+    watched folder. Every window holds exactly its 160 rows, once each; every row is answered by
+    one of the two models; the first windows by the first, the last windows by the second."""
+    job_endpoint, _ = flink
+    job = run_streaming_example(java_classpath, digits_examples_dir, expansion, job_endpoint, tmp_path)
+    assert finish(job) == "windows=8 rows=1280 failures=0"
+    served_by = served_by_window(tmp_path, digits_examples_dir)
+    # The update lands in window 3 (ticks 24-31), or later when a backlog of rows went through
+    # the model in one bundle before the publishing step saw them; each worker switches at its
+    # next check, and once the new model serves, the old one never does again.
+    assert served_by[0] == "first" and served_by[-1] == "second", served_by
+    assert "first" not in served_by[served_by.index("second"):], served_by
+
+
+TICKS = 96
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_python_worker_killed_mid_stream_is_recovered(
+    java_classpath, digits_examples_dir, flink_checkpointing, worker_pool, tmp_path
+):
+    """The Python stages run in a worker pool whose workers are processes; once the first window
+    is written, the workers are killed. Flink fails the task and restarts the job, from its last
+    checkpoint where one completed, with new workers; the windows written at the end are
+    complete: each holds exactly its rows, once each (a window's file is rewritten whole, and
+    the source is deterministic, so a window replayed from the start comes out the same)."""
+    job_endpoint, flink_log = flink_checkpointing
+    pool_port, pool, _ = worker_pool
+    log_offset = flink_log.stat().st_size
+    service_args = [
+        f"--trusted-model-root={digits_examples_dir}",
+        "--environment-type=EXTERNAL",
+        f"--environment-config=localhost:{pool_port}",
+    ]
+    with expansion_service(service_args=service_args) as address:
+        job = run_streaming_example(java_classpath, digits_examples_dir, address, job_endpoint, tmp_path, f"--ticks={TICKS}")
+        deadline = time.monotonic() + 300
+        while not any((tmp_path / "windows").glob("*.csv")):
+            assert job.poll() is None and time.monotonic() < deadline, "no window was written"
+            time.sleep(0.2)
+        workers = _children(pool.pid)
+        assert workers, "the worker pool runs no worker process"
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        last_line = finish(job)
+    assert last_line == f"windows={TICKS // 8} rows={TICKS * 20} failures=0"
+    served_by_window(tmp_path, digits_examples_dir)
+    log = _read_from(flink_log, log_offset)
+    # The task lost its Python workers mid-bundle.
+    assert re.search(r"switched from RUNNING to FAILED", log) and re.search(r"Failed to (start|finish) remote bundle", log), log[-4000:]
+    restores = re.findall(r"Restoring job \S+ from Checkpoint \d+|No checkpoint found during restore", log)
+    assert len(restores) >= 2, log[-4000:]  # the start, then at least one restart
+    print("Flink restores:", restores, "completed checkpoints:", log.count("Completed checkpoint"))
+
+
+def _read_from(path, offset):
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def test_a_python_pipeline_runs_the_composite_on_flink(digits_dir, flink, worker_pool, tmp_path, digits_ab_expected_output):
+    """examples/python/digits_ab.py (two keyed models, Evaluate, a malformed row to the failures)
+    on Flink, its workers from a Python worker pool (EXTERNAL), as a worker-pool sidecar serves them."""
+    job_endpoint, flink_log = flink
+    pool_port, _, _ = worker_pool
+    log_offset = flink_log.stat().st_size
+    result = subprocess.run(
+        [
+            sys.executable, str(ROOT / "examples/python/digits_ab.py"), str(digits_dir), str(tmp_path),
+            "--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
+            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    expected = digits_ab_expected_output(digits_dir)
+    assert sorted(line for line in lines if line.startswith("model=")) == expected[:-1]  # any order
+    assert lines[-1] == expected[-1]
+    # Flink ran it: the job's tasks are in the job server's log, as parallel subtasks.
+    assert set(re.findall(r"\((\d+)/2\)", _read_from(flink_log, log_offset))) == {"1", "2"}
