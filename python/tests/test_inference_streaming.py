@@ -244,29 +244,34 @@ def _watched_folder(paths, tmp_path):
     return folder
 
 
+def _watched_run(p, composite, elements, at, published, folder):
+    """``composite`` (Inference or BlockInference) over ``elements``, one per batch, watching
+    ``folder``; before element ``at`` passes, ``published`` becomes the folder's newest file."""
+    return (
+        p
+        | beam.Create([elements])
+        | beam.FlatMap(lambda all_elements: all_elements)
+        | beam.ParDo(_PublishAt(at, published, folder / "model-2.pkl"))
+        | composite(
+            Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            watch_interval_secs=0.01,
+            min_batch_size=1,
+            max_batch_size=1,
+            policy=LoadPolicy(trusted_roots=(str(folder),)),
+        )
+    )
+
+
 def test_a_newer_file_of_the_watch_pattern_replaces_the_model_mid_run(versions, held_out, tmp_path):
     """Each worker checks the pattern itself (no side input): rows before the new file get v1, rows after it v2."""
     v1, paths, _ = versions
     pixels, _ = held_out
     folder = _watched_folder(paths, tmp_path)
-    policy = LoadPolicy(trusted_roots=(str(folder),))
     with beam.Pipeline() as p:
-        result = (
-            p
-            | beam.Create([[row(i, pixels[i]) for i in range(10)]])
-            | beam.FlatMap(lambda rows: rows)
-            | beam.ParDo(_PublishAt(5, paths["v2"], folder / "model-2.pkl"))
-            | Inference(
-                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
-                key_field="id",
-                feature_fields="pixels",
-                preprocess=[Step("scale", factor=1 / 16)],
-                watch_interval_secs=0.01,
-                min_batch_size=1,
-                max_batch_size=1,
-                policy=policy,
-            )
-        )
+        result = _watched_run(p, Inference, [row(i, pixels[i]) for i in range(10)], 5, paths["v2"], folder)
         served = result.inferences | beam.Map(lambda r: (r.key, r.inference))
         # Beam's BatchElements sends a batch when the next row arrives, so row 4 may meet either model.
         before = v1.predict(pixels[:4] / 16)
@@ -286,22 +291,7 @@ def test_a_watched_file_that_fails_to_load_keeps_the_model(versions, held_out, t
     pixels, _ = held_out
     folder = _watched_folder(paths, tmp_path)
     with beam.Pipeline() as p:
-        result = (
-            p
-            | beam.Create([[row(i, pixels[i]) for i in range(6)]])
-            | beam.FlatMap(lambda rows: rows)
-            | beam.ParDo(_PublishAt(3, paths["broken"], folder / "model-2.pkl"))
-            | Inference(
-                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
-                key_field="id",
-                feature_fields="pixels",
-                preprocess=[Step("scale", factor=1 / 16)],
-                watch_interval_secs=0.01,
-                min_batch_size=1,
-                max_batch_size=1,
-                policy=LoadPolicy(trusted_roots=(str(folder),)),
-            )
-        )
+        result = _watched_run(p, Inference, [row(i, pixels[i]) for i in range(6)], 3, paths["broken"], folder)
         expected = v1.predict(pixels[:6] / 16)
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(expected[i])) for i in range(6)]))
         assert_that(result.failures, equal_to([]), label="NoFailures")
@@ -321,22 +311,7 @@ def test_a_newer_watched_file_replaces_the_model_in_blocks(versions, held_out, t
         pa.record_batch({"id": [i], "pixels": [[float(v) for v in pixels[i]]]}) for i in range(6)
     ]
     with beam.Pipeline() as p:
-        result = (
-            p
-            | beam.Create([blocks])
-            | beam.FlatMap(lambda bs: bs)
-            | beam.ParDo(_PublishAt(3, paths["v2"], folder / "model-2.pkl"))
-            | BlockInference(
-                Model.sklearn(str(folder / "model-1.pkl"), model_id="digits", watch_pattern=str(folder / "model-*.pkl")),
-                key_field="id",
-                feature_fields="pixels",
-                preprocess=[Step("scale", factor=1 / 16)],
-                watch_interval_secs=0.01,
-                min_batch_size=1,
-                max_batch_size=1,
-                policy=LoadPolicy(trusted_roots=(str(folder),)),
-            )
-        )
+        result = _watched_run(p, BlockInference, blocks, 3, paths["v2"], folder)
         before = v1.predict(pixels[:2] / 16)
         served = result.inferences | beam.FlatMap(lambda b: [(r["key"], r["inference"]) for r in b.to_pylist()])
         # As with rows, block 2 is sent when block 3 arrives, and may meet either model.
