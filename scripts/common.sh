@@ -24,3 +24,6 @@ gradle_run() {
 }
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# A TCP port free on 127.0.0.1 now.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -1,7 +1,10 @@
-"""What the digits pipelines must produce, from scikit-learn, and how to read what they wrote."""
+"""What the digits pipelines must produce, from scikit-learn, how to read what they wrote, and how
+to run a Python pipeline script on a portable runner."""
 
 import csv
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 
@@ -22,3 +25,23 @@ def read_predictions(path):
     """The ``id,prediction`` lines a Java example writes with --predictionsFile."""
     with open(path) as f:
         return {int(k): int(v) for k, v in (line.strip().split(",") for line in f if line.strip())}
+
+
+def run_python_pipeline(script, args, job_endpoint, environment_type, environment_config, timeout=300):
+    """Runs a Python pipeline script on the portable job service at ``job_endpoint`` with its
+    workers in the given environment; fails the test unless it succeeds."""
+    result = subprocess.run(
+        [
+            sys.executable, str(script), *map(str, args),
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint}",
+            f"--environment_type={environment_type}",
+            f"--environment_config={environment_config}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result

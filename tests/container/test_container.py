@@ -12,14 +12,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from digits_support import sklearn_predictions
+from digits_support import run_python_pipeline, sklearn_predictions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,26 +200,6 @@ def test_java_pipeline_expanded_by_the_container_matches_scikit_learn(
     assert ("inferbridge.expansion_service", "Expanded beam:transform:inferbridge:run_inference:v1") in messages
     assert ("apache_beam.runners.worker.sdk_worker", "Control channel established.") in messages
     assert any(f"element_count={expected['rows']} " in e["message"] for e in entries), service_logs[-3000:]
-
-
-def run_python_pipeline(script, args, job_endpoint, environment_type, environment_config):
-    """Runs a Python pipeline script on the portable job service at ``job_endpoint`` with its
-    workers in the given environment; fails the test unless it succeeds."""
-    result = subprocess.run(
-        [
-            sys.executable, str(script), *map(str, args),
-            "--runner=PortableRunner",
-            f"--job_endpoint={job_endpoint}",
-            f"--environment_type={environment_type}",
-            f"--environment_config={environment_config}",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_SECS,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
 
 
 def test_worker_pool_role_runs_a_python_pipelines_workers(

@@ -9,14 +9,13 @@ import pickle
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digits_support import read_predictions, sklearn_predictions
+from digits_support import read_predictions, run_python_pipeline, sklearn_predictions
 from inferbridge.local_services import expansion_service
 
 MAIN_CLASS = "dev.inferbridge.examples.DigitsClassification"
@@ -180,17 +179,9 @@ def test_a_python_pipeline_runs_the_composite_on_flink(digits_dir, flink, worker
     job_endpoint, flink_log = flink
     pool_port, _, _ = worker_pool
     log_offset = flink_log.stat().st_size
-    result = subprocess.run(
-        [
-            sys.executable, str(ROOT / "examples/python/digits_ab.py"), str(digits_dir), str(tmp_path),
-            "--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
-            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_python_pipeline(
+        ROOT / "examples/python/digits_ab.py", [digits_dir, tmp_path], job_endpoint, "EXTERNAL", f"localhost:{pool_port}"
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
     expected = digits_ab_expected_output(digits_dir)
     assert sorted(line for line in lines if line.startswith("model=")) == expected[:-1]  # any order

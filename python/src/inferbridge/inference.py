@@ -467,11 +467,11 @@ class _IsolatingHandler(ModelHandler):
         if not self._watch_pattern:
             return model
         now = time.monotonic()
-        with _watch_lock:
-            if now >= self._next_watch:
+        if now >= self._next_watch:  # between checks, a batch takes no lock
+            with _watch_lock:
                 self._next_watch = now + self._watch_interval
                 self._load_newest_watched()
-            watched = _watched_models.get(self._token)
+        watched = _watched_models.get(self._token)
         return model if watched is None else watched[1]
 
     def _load_newest_watched(self) -> None:

@@ -4,6 +4,7 @@ import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
+import dev.inferbridge.examples.LocalPortableRun;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -17,15 +18,12 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicLong;
-import org.apache.beam.fn.harness.ExternalWorkerService;
-import org.apache.beam.runners.portability.PortableRunner;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.PipelineResult;
 import org.apache.beam.sdk.coders.DoubleCoder;
 import org.apache.beam.sdk.coders.IterableCoder;
 import org.apache.beam.sdk.coders.VarLongCoder;
 import org.apache.beam.sdk.extensions.python.transforms.RunInference;
-import org.apache.beam.sdk.fn.server.GrpcFnServer;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.schemas.Schema;
@@ -89,7 +87,6 @@ public final class JavaThroughput {
   static final List<String> SYSTEMS = Arrays.asList(STOCK, ROWS, BLOCKS);
 
   static final double PIXEL_SCALE = 1.0 / 16;
-  static final String JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT";
   static final String EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE";
 
   /** The rows InferBridge's systems classify. */
@@ -228,16 +225,17 @@ public final class JavaThroughput {
     out.put("poll_ms", flags.pollMillis);
 
     PortablePipelineOptions options =
-        PipelineOptionsFactory.fromArgs(withDefaults(flags.beamArgs)).as(PortablePipelineOptions.class);
+        PipelineOptionsFactory.fromArgs(LocalPortableRun.withDefaults(flags.beamArgs.toArray(new String[0])))
+            .as(PortablePipelineOptions.class);
     if (options.getJobEndpoint() == null) {
-      out.put("error", "no job service: pass --jobEndpoint=host:port or set $" + JOB_ENDPOINT_ENV);
+      out.put("error", "no job service: pass --jobEndpoint=host:port or set $" + LocalPortableRun.JOB_ENDPOINT_ENV);
       System.out.println(Json.object(out));
       System.exit(2);
       return;
     }
     Path tally = Files.createTempFile("javathroughput-tally", ".txt");
     Path failureTally = Files.createTempFile("javathroughput-failures", ".txt");
-    GrpcFnServer<ExternalWorkerService> javaWorkers = startJavaWorkers(options);
+    LocalPortableRun javaWorkers = LocalPortableRun.start(options);
     double seconds;
     double buildSeconds;
     long runStartNanos;
@@ -577,39 +575,6 @@ public final class JavaThroughput {
     String text = new String(Files.readAllBytes(file), StandardCharsets.UTF_8).trim();
     Files.delete(file);
     return text;
-  }
-
-  /** Beam's arguments with the portable runner, the job service and environment caching added unless given. */
-  static String[] withDefaults(List<String> beamArgs) {
-    List<String> all = new ArrayList<>(beamArgs);
-    addDefault(all, "runner", PortableRunner.class.getSimpleName());
-    addDefault(all, "environmentCacheMillis", String.valueOf(60 * 60 * 1000));
-    String jobEndpoint = System.getenv(JOB_ENDPOINT_ENV);
-    if (jobEndpoint != null) {
-      addDefault(all, "jobEndpoint", jobEndpoint);
-    }
-    return all.toArray(new String[0]);
-  }
-
-  private static void addDefault(List<String> args, String name, String value) {
-    for (String arg : args) {
-      if (arg.startsWith("--" + name + "=")) {
-        return;
-      }
-    }
-    args.add("--" + name + "=" + value);
-  }
-
-  /**
-   * Serves this JVM's Java worker pool and points the Java environment at it, before the pipeline
-   * is built (cross-language expansion records the Java environment when the transform is
-   * applied; Beam's LOOPBACK only gets its address at run()).
-   */
-  static GrpcFnServer<ExternalWorkerService> startJavaWorkers(PortablePipelineOptions options) throws Exception {
-    GrpcFnServer<ExternalWorkerService> workers = new ExternalWorkerService(options).start();
-    options.setDefaultEnvironmentType("EXTERNAL");
-    options.setDefaultEnvironmentConfig(workers.getApiServiceDescriptor().getUrl());
-    return workers;
   }
 
   /** Just enough JSON for one flat object of strings and numbers. */

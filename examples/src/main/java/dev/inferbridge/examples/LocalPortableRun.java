@@ -19,8 +19,8 @@ import org.apache.beam.sdk.util.construction.PipelineOptionsTranslation;
 import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
 
 /**
- * Runs the examples on a local portable job service with no Docker: Java stages in this JVM,
- * Python stages in the InferBridge expansion service's worker pool.
+ * Runs the examples (and the benchmarks' Java pipelines) on a portable job service with no
+ * Docker: Java stages in this JVM, Python stages in the InferBridge expansion service's worker pool.
  *
  * <p>The job service comes from {@code --jobEndpoint}, else from {@code $INFERBRIDGE_JOB_ENDPOINT}
  * (set by {@code inferbridge-local}). This JVM serves its own worker pool from before the pipeline
@@ -30,8 +30,8 @@ import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
  * runner releases it (Flink does after each task, and after a failure), which would stop the
  * workers that share them.
  */
-final class LocalPortableRun implements AutoCloseable {
-  static final String JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT";
+public final class LocalPortableRun implements AutoCloseable {
+  public static final String JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT";
 
   private final GrpcFnServer<WorkerPool> javaWorkers;
 
@@ -40,7 +40,7 @@ final class LocalPortableRun implements AutoCloseable {
   }
 
   /** {@code args} with the runner and the job service added unless given. */
-  static String[] withDefaults(String[] args) {
+  public static String[] withDefaults(String[] args) {
     List<String> all = new ArrayList<>(Arrays.asList(args));
     addDefault(all, "runner", PortableRunner.class.getSimpleName());
     String jobEndpoint = System.getenv(JOB_ENDPOINT_ENV);
@@ -51,7 +51,7 @@ final class LocalPortableRun implements AutoCloseable {
   }
 
   /** Serves this JVM's worker pool and points the Java environment at it. */
-  static LocalPortableRun start(PortablePipelineOptions options) throws Exception {
+  public static LocalPortableRun start(PortablePipelineOptions options) throws Exception {
     if (options.getJobEndpoint() == null) {
       throw new IllegalArgumentException(
           "no job service: pass --jobEndpoint=host:port, or run under `inferbridge-local -- <command>`");
