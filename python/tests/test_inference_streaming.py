@@ -187,30 +187,37 @@ def test_a_failed_reload_keeps_serving_the_previous_model(versions, held_out, ca
     assert any("loading the update" in r.getMessage() and paths["broken"] in r.getMessage() for r in caplog.records)
 
 
-def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
-    v1, paths, policy = versions
-    pixels, _ = held_out
+def _update_b_then(p, composite, elements, paths, policy):
+    """``composite`` (Inference or BlockInference) with models "a" and "b" (both v1) for the groups
+    "a" and "b", over ``elements`` that arrive after an update replaces model "b" with v2."""
     stream = (
         test_stream.TestStream()
         .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
         .advance_watermark_to(1, tag="updates")
         .advance_processing_time(10)
-        .add_elements([window.TimestampedValue(beam.Row(id=i, group="ab"[i % 2], pixels=[float(v) for v in pixels[i]]), 1) for i in range(10)], tag="rows")
+        .add_elements([window.TimestampedValue(e, 1) for e in elements], tag="rows")
         .advance_processing_time(10)
         .advance_watermark_to_infinity(tag="rows")
         .advance_watermark_to_infinity(tag="updates")
     )
+    streams = p | stream
+    return streams["rows"] | composite(
+        [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
+        key_field="group",
+        feature_fields="pixels",
+        passthrough_fields=["id"],
+        preprocess=[Step("scale", factor=1 / 16)],
+        model_updates=streams["updates"],
+        policy=policy,
+    )
+
+
+def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):
+    v1, paths, policy = versions
+    pixels, _ = held_out
+    rows = [beam.Row(id=i, group="ab"[i % 2], pixels=[float(v) for v in pixels[i]]) for i in range(10)]
     with streaming_pipeline() as p:
-        streams = p | stream
-        result = streams["rows"] | Inference(
-            [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
-            key_field="group",
-            feature_fields="pixels",
-            passthrough_fields=["id"],
-            preprocess=[Step("scale", factor=1 / 16)],
-            model_updates=streams["updates"],
-            policy=policy,
-        )
+        result = _update_b_then(p, Inference, rows, paths, policy)
         before = v1.predict(pixels[:10] / 16)
         assert_that(
             result.inferences | beam.Map(lambda r: (r.id, r.model_id, r.inference)),
@@ -336,27 +343,8 @@ def test_an_update_replaces_one_of_several_keyed_models_in_blocks(versions, held
         [pa.array(range(10)), pa.array(["ab"[i % 2] for i in range(10)]), pa.array((pixels[:10]).tolist())],
         names=["id", "group", "pixels"],
     )
-    stream = (
-        test_stream.TestStream()
-        .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
-        .advance_watermark_to(1, tag="updates")
-        .advance_processing_time(10)
-        .add_elements([window.TimestampedValue(block, 1)], tag="rows")
-        .advance_processing_time(10)
-        .advance_watermark_to_infinity(tag="rows")
-        .advance_watermark_to_infinity(tag="updates")
-    )
     with streaming_pipeline() as p:
-        streams = p | stream
-        result = streams["rows"] | BlockInference(
-            [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
-            key_field="group",
-            feature_fields="pixels",
-            passthrough_fields=["id"],
-            preprocess=[Step("scale", factor=1 / 16)],
-            model_updates=streams["updates"],
-            policy=policy,
-        )
+        result = _update_b_then(p, BlockInference, [block], paths, policy)
         before = v1.predict(pixels[:10] / 16)
         assert_that(
             result.inferences | beam.FlatMap(_block_rows),
