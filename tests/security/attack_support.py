@@ -14,12 +14,20 @@ import datetime
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
+import grpc
+from apache_beam.portability.api import beam_expansion_api_pb2_grpc
+
+from inferbridge import Inference, Model, healthcheck, testing
 from inferbridge.local_services import free_port
+from inferbridge.spec import RUN_INFERENCE_URN
 
 START_TIMEOUT_SECS = 180
+# What Beam's clients send as the input of the attacked transform: Rows (id, pixels).
+INPUT_SCHEMA_FIELDS = [("id", int), ("pixels", typing.Sequence[float])]
 
 
 @dataclasses.dataclass
@@ -126,3 +134,50 @@ class Layout:
     certs: Path
 
 
+
+
+class WritesMarker:
+    """Unpickling this creates ``path``: proof that a payload was decoded. The pickle names only
+    ``builtins.open``: it works in any process, this class need not be importable there."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def expansion_request(urn, payload=b"", row_schema=None):
+    from apache_beam.typehints import schemas
+
+    row_schema = row_schema or schemas.named_fields_to_schema(INPUT_SCHEMA_FIELDS)
+    return testing.expansion_request(urn, payload, row_schema, name="Attack", namespace="attack")
+
+
+def native_payload(model: Model, **options) -> bytes:
+    """The configuration payload of the native InferBridge URN for one model."""
+    _, payload = Inference(model, key_field="id", feature_fields="pixels", **options).to_runner_api_parameter(None)
+    return payload.SerializeToString()
+
+
+def native_request(model: Model, **options):
+    return expansion_request(RUN_INFERENCE_URN, native_payload(model, **options))
+
+
+def channel_to(service: Service):
+    if service.ca_file:
+        return grpc.secure_channel(service.address, grpc.ssl_channel_credentials(Path(service.ca_file).read_bytes()))
+    return grpc.insecure_channel(service.address)
+
+
+def expand(service: Service, request, metadata=None):
+    with channel_to(service) as channel:
+        return beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).Expand(request, metadata=metadata, timeout=60)
+
+
+def assert_healthy(service: Service):
+    assert service.process.poll() is None, f"the service exited ({service.process.returncode}):\n{service.log()}"
+    assert healthcheck.check(service.address, ca_file=service.ca_file) == "SERVING"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import secrets
 import subprocess
 import time
@@ -80,3 +81,19 @@ def services(layout):
 @pytest.fixture(scope="session")
 def default_service(services) -> Service:
     return services["default"]
+
+
+@pytest.fixture
+def marker(tmp_path):
+    """A file that must not appear."""
+    return tmp_path / "marker"
+
+
+@pytest.fixture(scope="session")
+def good_model(layout) -> str:
+    """A real (tiny) scikit-learn model in the default service's trusted root."""
+    from sklearn.linear_model import LogisticRegression
+
+    path = layout.trusted / "good.pkl"
+    path.write_bytes(pickle.dumps(LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0]], [0, 1])))
+    return str(path)

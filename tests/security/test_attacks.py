@@ -53,8 +53,21 @@ from apache_beam.transforms.fully_qualified_named_transform import FullyQualifie
 from apache_beam.typehints import schemas
 from google.protobuf import wrappers_pb2
 
-from attack_support import START_TIMEOUT_SECS, Service, launch, self_signed_certificate, stop
-from inferbridge import Inference, Model, healthcheck, testing
+from attack_support import (
+    START_TIMEOUT_SECS,
+    Service,
+    WritesMarker,
+    assert_healthy,
+    channel_to,
+    expand,
+    expansion_request,
+    launch,
+    native_payload,
+    native_request,
+    self_signed_certificate,
+    stop,
+)
+from inferbridge import Inference, Model, healthcheck
 from inferbridge.spec import RUN_INFERENCE_URN
 
 PICKLED_TRANSFORM = "beam:transform:pickled_python:v1"
@@ -63,27 +76,9 @@ PYTHON_CALLABLE = "beam:logical_type:python_callable:v1"
 PYTHON_ANY = "beam:logical:pythonsdk_any:v1"
 EXPAND_METHOD = "/org.apache.beam.model.expansion.v1.ExpansionService/Expand"
 STRING = schema_pb2.FieldType(atomic_type=schema_pb2.STRING)
-INPUT_SCHEMA = schemas.named_fields_to_schema([("id", int), ("pixels", typing.Sequence[float])])
 
 
 # --- payloads that leave a trace --------------------------------------------------------------
-
-
-class WritesMarker:
-    """Unpickling this creates ``path``: proof that a payload was decoded. The pickle names only
-    ``builtins.open``: it works in any process, this class need not be importable there."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-@pytest.fixture
-def marker(tmp_path):
-    """A file that must not appear."""
-    return tmp_path / "marker"
 
 
 class Listener:
@@ -129,46 +124,6 @@ def listener():
 
 
 # --- requests ---------------------------------------------------------------------------------
-
-
-def expansion_request(urn, payload=b"", row_schema=INPUT_SCHEMA):
-    return testing.expansion_request(urn, payload, row_schema, name="Attack", namespace="attack")
-
-
-def native_payload(model: Model) -> bytes:
-    """The configuration payload of the native InferBridge URN for one model."""
-    _, payload = Inference(model, key_field="id", feature_fields="pixels").to_runner_api_parameter(None)
-    return payload.SerializeToString()
-
-
-def native_request(model: Model):
-    return expansion_request(RUN_INFERENCE_URN, native_payload(model))
-
-
-@pytest.fixture(scope="session")
-def good_model(layout) -> str:
-    """A real (tiny) scikit-learn model in the default service's trusted root."""
-    from sklearn.linear_model import LogisticRegression
-
-    path = layout.trusted / "good.pkl"
-    path.write_bytes(pickle.dumps(LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0]], [0, 1])))
-    return str(path)
-
-
-def channel_to(service: Service):
-    if service.ca_file:
-        return grpc.secure_channel(service.address, grpc.ssl_channel_credentials(Path(service.ca_file).read_bytes()))
-    return grpc.insecure_channel(service.address)
-
-
-def expand(service: Service, request, metadata=None):
-    with channel_to(service) as channel:
-        return beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel).Expand(request, metadata=metadata, timeout=60)
-
-
-def assert_healthy(service: Service):
-    assert service.process.poll() is None, f"the service exited ({service.process.returncode}):\n{service.log()}"
-    assert healthcheck.check(service.address, ca_file=service.ca_file) == "SERVING"
 
 
 def stock_expand(request, glob=None):
