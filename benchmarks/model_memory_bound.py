@@ -57,9 +57,9 @@ def run(paths: list[str], bound: int, workers: int, rows: int = 6000) -> tuple[i
     result.wait_until_finish()
     elapsed = time.perf_counter() - start
     loads = sum(
-        d.committed.count
-        for d in result.metrics().query()["distributions"]
-        if d.key.metric.namespace == NAMESPACE and d.key.metric.name.endswith("-_load_model_latency_milli_secs")
+        c.committed
+        for c in result.metrics().query()["counters"]
+        if c.key.metric.namespace == NAMESPACE and c.key.metric.name == "model_loads"
     )
     return loads, rows / elapsed
 

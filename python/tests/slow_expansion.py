@@ -1,7 +1,8 @@
 """A transform that takes a while to expand, loaded into the service with --import and --allow-urn.
 
-It lets the tests hold expansions in flight: for the deadline, graceful shutdown and the operator
-allowlist.
+It lets the tests hold expansions in flight: for the deadline, graceful shutdown, the operator
+allowlist, and the cancellation of an expansion past its deadline. The payload ``sleep=SECS``
+waits; ``burn=SECS`` keeps a CPU busy in pure Python, as a costly expansion would.
 """
 
 import time
@@ -17,20 +18,26 @@ def _identity(x):
 
 @beam.PTransform.register_urn(SLOW_URN, None)
 class SlowIdentity(beam.PTransform):
-    """Passes elements through; rebuilding it from its payload sleeps that many seconds."""
+    """Passes elements through; rebuilding it from its payload sleeps (or burns a CPU) that many seconds."""
 
-    def __init__(self, secs: float) -> None:
+    def __init__(self, secs: float, burn: bool = False) -> None:
         super().__init__()
         self._secs = secs
+        self._burn = burn
 
     def expand(self, pcoll):
         return pcoll | beam.Map(_identity)
 
     def to_runner_api_parameter(self, context):
-        return SLOW_URN, f"sleep={self._secs}".encode()
+        return SLOW_URN, f"{'burn' if self._burn else 'sleep'}={self._secs}".encode()
 
     @staticmethod
     def from_runner_api_parameter(unused_transform, payload, context):
-        secs = float(payload.decode().removeprefix("sleep="))
-        time.sleep(secs)
-        return SlowIdentity(secs)
+        kind, secs = payload.decode().split("=")
+        if kind == "burn":
+            end = time.monotonic() + float(secs)
+            while time.monotonic() < end:
+                pass
+        else:
+            time.sleep(float(secs))
+        return SlowIdentity(float(secs), burn=kind == "burn")

@@ -35,7 +35,6 @@ from inferbridge.policy import (
     MODEL_ROOTS_ENV,
     TRUSTED_ROOTS_ENV,
     LoadPolicy,
-    verify_sha256,
 )
 from inferbridge.spec import Model
 
@@ -539,8 +538,11 @@ def test_dot_dot_cannot_escape_a_root(onnx_files, root, tmp_path):
     inside.mkdir()
     escaping = f"{inside}/../../{root.name}/a.onnx"
     assert os.path.exists(escaping)
-    with pytest.raises(ValueError, match=r"\(resolved to '.*/a.onnx'\) is outside the allowed model roots"):
+    with pytest.raises(ValueError) as raised:
         models.handler_for(_onnx(escaping), LoadPolicy(model_roots=(str(inside),)))
+    # Only the configured value is named, never where it leads.
+    assert str(raised.value).startswith(f"model.uri={escaping!r} is outside the allowed model roots")
+    assert os.path.realpath(escaping) not in str(raised.value)
 
 
 def test_symlinks_cannot_escape_a_root(onnx_files, sk_files, tmp_path):
@@ -587,6 +589,18 @@ def test_a_refused_model_class_is_never_imported():
     assert "inferbridge_test_never_imported" not in sys.modules
 
 
+def test_a_model_class_is_allowed_by_the_module_that_defines_it(torch_files):
+    """'tiny_torch:torch.nn.Bilinear' passes the prefix 'tiny_torch', but the class is torch's."""
+    policy = LoadPolicy(allowed_model_classes=("tiny_torch",))
+    walk = _net(torch_files["state_dict", "a"], model_class="tiny_torch:torch.nn.Bilinear")
+    with pytest.raises(ValueError) as raised:
+        models.handler_for(walk, policy, "models[0]")
+    assert str(raised.value).startswith(
+        "models[0].options.model_class='tiny_torch:torch.nn.Bilinear' is a class defined in module "
+        "'torch.nn.modules.linear', which is not under an allowed model class prefix (tiny_torch)"
+    )
+
+
 def test_load_model_checks_the_policy_on_the_refreshed_path(onnx_files, tmp_path):
     handler = models.handler_for(_onnx(onnx_files["a"]), LoadPolicy(model_roots=(os.path.dirname(onnx_files["a"]),)))
     outside = tmp_path / "b.onnx"
@@ -618,9 +632,10 @@ def test_sha256_pin_match_and_mismatch(onnx_files, classifiers, digits):
     )
 
 
-def test_verify_sha256_refuses_a_directory(root):
-    with pytest.raises(ValueError, match=r"models\[3\].sha256 pins a single file, but models\[3\].uri=.* is a directory"):
-        verify_sha256(str(root), "0" * 64, "models[3]")
+def test_a_directory_is_refused_when_loaded(root):
+    handler = models.handler_for(_onnx(str(root)), LoadPolicy())
+    with pytest.raises(ValueError, match=r"model.uri=.* is a directory; allowed: a regular file"):
+        handler.load_model()
 
 
 # Real Beam pipelines on the DirectRunner, one per framework.

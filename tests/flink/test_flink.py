@@ -147,7 +147,11 @@ def test_a_python_worker_killed_mid_stream_is_recovered(
         f"--environment-config=localhost:{pool_port}",
     ]
     with expansion_service(service_args=service_args) as address:
-        job = run_streaming_example(java_classpath, digits_examples_dir, address, job_endpoint, tmp_path, f"--ticks={TICKS}")
+        # The stream starts well after the job does, so that on a busy machine too the ticks come
+        # in real time and the killed workers leave work to fail, not a stream already served.
+        job = run_streaming_example(
+            java_classpath, digits_examples_dir, address, job_endpoint, tmp_path, f"--ticks={TICKS}", "--startDelayMillis=30000"
+        )
         deadline = time.monotonic() + 300
         while not any((tmp_path / "windows").glob("*.csv")):
             assert job.poll() is None and time.monotonic() < deadline, "no window was written"

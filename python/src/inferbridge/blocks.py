@@ -15,10 +15,8 @@ Packed block Rows (the wire layout, written by Java):
 
 from __future__ import annotations
 
-import collections
 import pickle
 import json
-import threading
 import time
 import typing
 from typing import Any, Iterable, Optional, Sequence
@@ -45,6 +43,7 @@ from inferbridge.inference import (
     _IsolatingHandler,
     _model_metadata,
     _numeric_array,
+    _ResidentModels,
     _same_length,
     _StageError,
     run_inference,
@@ -101,7 +100,7 @@ class BlockInference(Inference):
         prepared = blocks | "PrepareBlocks" >> beam.ParDo(_PrepareBlocks(spec, layout)).with_output_types(
             _Block
         ).with_outputs(FAILURES_TAG, main="blocks")
-        run = run_inference(spec, handler, _model_metadata(spec, updates, as_json=True))
+        run = run_inference(spec, handler, _model_metadata(spec, updates))
         finished = (
             prepared.blocks
             | "RunInference" >> run
@@ -645,9 +644,7 @@ class _BlockHandler(_IsolatingHandler):
 class _BlockModels(ModelHandler):
     """Every model of the spec behind one Beam handler: blocks are routed inside it.
 
-    Beam's multi-model KeyedModelHandler looks each model up through a process-shared proxy for
-    every batch (about half a millisecond each) and, when models are evicted, leaves a thread
-    behind per reload; with blocks that cost dominates. Here the worker's models live in one
+    As in the row path (``inference._KeyedModels``), the worker's models live in one
     ``_ResidentModels``, loaded on first use, at most ``max_models_per_worker`` at a time. Beam
     still batches, shares the models between threads, and refreshes them: an update is the
     JSON object {model_id: uri} of every model.
@@ -661,7 +658,7 @@ class _BlockModels(ModelHandler):
         self._namespace = spec.metrics_namespace
         self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
 
-    def load_model(self) -> "_ResidentModels":
+    def load_model(self) -> _ResidentModels:
         return _ResidentModels(self._handlers, self._limit, self._namespace)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
@@ -669,7 +666,7 @@ class _BlockModels(ModelHandler):
             for model_id, uri in json.loads(model_path).items():
                 self._handlers[model_id].update_model_path(uri)
 
-    def run_inference(self, batch: Sequence[_Block], models: "_ResidentModels", inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+    def run_inference(self, batch: Sequence[_Block], models: _ResidentModels, inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
         """One model call per model and feature width over the whole batch of blocks."""
         results: list[Any] = [None] * len(batch)
         widths: dict[int, list[int]] = {}
@@ -681,17 +678,16 @@ class _BlockModels(ModelHandler):
                 results[i] = PredictionResult(batch[i], outcome)
         return results
 
-    def _run_blocks(self, blocks: list[_Block], models: "_ResidentModels", inference_args: Optional[dict]) -> list[_Outcome]:
+    def _run_blocks(self, blocks: list[_Block], models: _ResidentModels, inference_args: Optional[dict]) -> list[_Outcome]:
         matrix = blocks[0].features if len(blocks) == 1 else np.concatenate([b.features for b in blocks])
         size = len(matrix)
         route = None
         if len(self._ids) > 1:
             route = np.concatenate([b.models if b.models is not None else np.zeros(len(b.features), np.int64) for b in blocks])
         pieces, failed = [], {}
-        present = range(1) if route is None else np.unique(route).tolist()
-        for m in models.resident_first(present):
-            rows = None if route is None else np.flatnonzero(route == m)
-            model_id = self._ids[m]
+        present = self._ids[:1] if route is None else [self._ids[m] for m in np.unique(route).tolist()]
+        for model_id in models.resident_first(present):
+            rows = None if route is None else np.flatnonzero(route == self._ids.index(model_id))
             outputs, model_failed = self._handlers[model_id].predict_rows(
                 matrix if rows is None else matrix[rows], models.get(model_id), inference_args
             )
@@ -721,40 +717,18 @@ class _BlockModels(ModelHandler):
         return self._namespace
 
 
-class _ResidentModels:
-    """The models loaded in one worker process: at most ``limit``, least recently used leave first."""
-
-    def __init__(self, handlers: dict[str, _BlockHandler], limit: Optional[int], namespace: str) -> None:
-        self._handlers = handlers
-        self._limit = limit
-        self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self._loads = Metrics.counter(namespace, "model_loads")
-
-    def resident_first(self, indices: Iterable[int]) -> list[int]:
-        """Serving loaded models first spares reloads when a batch needs more than the limit."""
-        ids = list(self._handlers)
-        return sorted(indices, key=lambda m: ids[m] not in self._loaded)
-
-    def get(self, model_id: str) -> Any:
-        with self._lock:
-            if model_id in self._loaded:
-                self._loaded.move_to_end(model_id)
-                return self._loaded[model_id]
-            if self._limit and len(self._loaded) >= self._limit:
-                self._loaded.popitem(last=False)
-            model = self._handlers[model_id].load_model()
-            self._loads.inc()
-            self._loaded[model_id] = model
-            return model
-
-
 def _batch_function(definition: steps.StepDefinition, params: dict) -> Any:
     """A step over a whole matrix: its batch form, or its per-example form row by row."""
     if definition.batched:
         return definition.build_for_batch(params)
     function = definition.build(params)
-    return lambda rows: _as_rows([function(row) for row in rows])
+
+    def row_by_row(rows: Any) -> np.ndarray:
+        # Refuses a batch whose results would be too big before making any (it is then halved).
+        steps.check_allocation(definition, params, rows)
+        return _as_rows([function(row) for row in rows])
+
+    return row_by_row
 
 
 def _as_rows(values: Any) -> np.ndarray:

@@ -33,6 +33,8 @@ from apache_beam.portability.api import beam_expansion_api_pb2, external_transfo
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from google.protobuf.message import DecodeError
 
+from inferbridge import bounds
+from inferbridge.bounds import shorten
 from inferbridge.evaluate import EVALUATE_URN, Evaluate, EvaluateConfig
 from inferbridge.spec import (
     RUN_INFERENCE_URN,
@@ -87,7 +89,7 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
     fields = {f.name: f for f in payload.schema.fields}
     unknown = [name for name in fields if name not in PAYLOAD_FIELDS]
     if unknown:
-        raise Refusal(f"the payload Row has fields {unknown}; allowed: {', '.join(PAYLOAD_FIELDS)}")
+        raise Refusal(f"the payload Row has fields {shorten(unknown)}; allowed: {', '.join(PAYLOAD_FIELDS)}")
     if "args" in fields:
         args_type = fields["args"].type
         if args_type.WhichOneof("type_info") != "row_type":
@@ -95,7 +97,7 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
         if args_type.row_type.schema.fields:
             names = ", ".join(f.name for f in args_type.row_type.schema.fields)
             raise Refusal(
-                f"positional arguments are not accepted (args holds {names}); pass every "
+                f"positional arguments are not accepted (args holds {names if len(names) <= 80 else shorten(names)}); pass every "
                 "setting as a keyword argument (withKwargs)"
             )
     if "kwargs" in fields and fields["kwargs"].type.WhichOneof("type_info") != "row_type":
@@ -235,7 +237,7 @@ def _as_dict(row: Any) -> dict[str, Any]:
 def _check_names(where: str, values: Mapping[str, Any], allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise KwargsError(f"{where} has unknown fields {unknown}; allowed: {', '.join(allowed)}")
+        raise KwargsError(f"{where} has unknown fields {shorten(unknown)}; allowed: {', '.join(allowed)}")
     missing = [name for name in required if values.get(name) is None]
     if missing:
         raise KwargsError(f"{where} lacks the required fields {missing} (required: {', '.join(required)})")
@@ -243,7 +245,7 @@ def _check_names(where: str, values: Mapping[str, Any], allowed: tuple[str, ...]
 
 def _string(where: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise KwargsError(f"{where} must be a STRING, got {value!r}")
+        raise KwargsError(f"{where} must be a STRING, got {shorten(value)}")
     return value
 
 
@@ -255,7 +257,7 @@ def _strings(where: str, value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, (bytes, Mapping)) or not hasattr(value, "__iter__"):
-        raise KwargsError(f"{where} must be an ARRAY<STRING> (or one STRING), got {value!r}")
+        raise KwargsError(f"{where} must be an ARRAY<STRING> (or one STRING), got {shorten(value)}")
     return [_string(f"{where}[{i}]", item) for i, item in enumerate(value)]
 
 
@@ -263,7 +265,7 @@ def _integer(where: str, value: Any) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise KwargsError(f"{where} must be an integer (INT64), got {value!r}")
+        raise KwargsError(f"{where} must be an integer (INT64), got {shorten(value)}")
     return int(value)
 
 
@@ -271,28 +273,26 @@ def _number(where: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise KwargsError(f"{where} must be a number (DOUBLE), got {value!r}")
+        raise KwargsError(f"{where} must be a number (DOUBLE), got {shorten(value)}")
     return float(value)
 
 
-def _json_text(where: str, value: Any) -> str:
+def _json_text(where: str, value: Any, limit: int) -> str:
     text = _string(where, value)
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise KwargsError(f"{where} must be a JSON object as a STRING, got {text!r} ({e})") from None
-    if not isinstance(parsed, dict):
-        raise KwargsError(f"{where} must be a JSON object as a STRING, got {text!r}")
+        bounds.json_object(where, text, limit)
+    except ValueError as e:
+        raise KwargsError(str(e)) from None
     return text
 
 
 def _rows(where: str, value: Any) -> list[dict[str, Any]]:
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
-        raise KwargsError(f"{where} must be an ARRAY of ROWs, got {value!r}")
+        raise KwargsError(f"{where} must be an ARRAY of ROWs, got {shorten(value)}")
     rows = []
     for i, item in enumerate(value):
         if not hasattr(item, "_fields") and not isinstance(item, Mapping):
-            raise KwargsError(f"{where}[{i}] must be a ROW, got {item!r}")
+            raise KwargsError(f"{where}[{i}] must be a ROW, got {shorten(item)}")
         rows.append(_as_dict(item))
     return rows
 
@@ -315,7 +315,7 @@ def _default(name: str, value: Any) -> Any:
 def _model_config(where: str, values: Mapping[str, Any]) -> ModelConfig:
     _check_names(where, values, ModelConfig._fields, MODEL_REQUIRED)
     framework = _string(f"{where}.framework", values.get("framework") or _MODEL_DEFAULTS["framework"])
-    options = _json_text(f"{where}.options", values.get("options") or "{}")
+    options = _json_text(f"{where}.options", values.get("options") or "{}", bounds.MAX_OPTIONS_JSON_CHARS)
     fmt = values.get("format")
     if fmt is None:
         if framework == "pytorch":
@@ -343,7 +343,7 @@ def _step_configs(where: str, value: Any) -> list[StepConfig]:
     for i, values in enumerate(_rows(where, value)):
         at = f"{where}[{i}]"
         _check_names(at, values, StepConfig._fields, STEP_REQUIRED)
-        steps.append(StepConfig(_string(f"{at}.name", values["name"]), _json_text(f"{at}.params", values.get("params") or "{}")))
+        steps.append(StepConfig(_string(f"{at}.name", values["name"]), _json_text(f"{at}.params", values.get("params") or "{}", bounds.MAX_PARAMS_JSON_CHARS)))
     return steps
 
 

@@ -29,7 +29,7 @@ from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints import native_type_compatibility, typehints
 from apache_beam.typehints.row_type import RowTypeConstraint
 
-from inferbridge import spec
+from inferbridge import bounds, spec
 
 EVALUATE_URN = "beam:transform:inferbridge:evaluate:v1"
 # (model id, (actual class, predicted class)), each None where missing.
@@ -115,8 +115,9 @@ class Evaluate(beam.PTransform):
             ("prediction_field", prediction_field),
             ("model_id_field", model_id_field),
         ):
+            bounds.check_length(name, value, bounds.MAX_NAME_CHARS)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+                raise ValueError(f"{name} must be a non-empty string, got {bounds.shorten(value)}")
         if label_field == prediction_field:
             raise ValueError(
                 f"label_field and prediction_field are both {label_field!r}; "

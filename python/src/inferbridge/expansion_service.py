@@ -3,9 +3,10 @@
 Unlike Beam's stock Python expansion service, it binds loopback by default, expands only
 InferBridge's own URNs plus those an operator allows (a pickled transform or a payload carrying
 Python code is refused before it is decoded; see ``inferbridge.request_checks``), serves no local
-files through its artifact service, limits request sizes and expansion time, can require TLS and a
-bearer token on every RPC, answers gRPC health checks and ``DiscoverSchemaTransform``, and fails
-at once when its port is taken.
+files through its artifact service, limits request sizes and expansion time (expansions run in
+processes of their own, killed at the deadline), can require TLS and a bearer token on every RPC,
+answers gRPC health checks and ``DiscoverSchemaTransform``, and fails at once when its port is
+taken.
 
 By default it also hosts a worker pool on a second, loopback-only port, so the Python stages it
 expands run in this process on portable runners without Docker (an EXTERNAL environment pointing
@@ -27,12 +28,14 @@ import dataclasses
 import importlib
 import json
 import logging
+import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from concurrent import futures
 from typing import Any, Callable, Optional
 
 import apache_beam
@@ -61,6 +64,7 @@ from inferbridge.request_checks import (
     check_components,
     check_configuration,
     drop_unsafe_output_coder_requests,
+    reduce_pipeline_options,
 )
 from inferbridge.service_security import BearerTokenInterceptor, read_token, server_credentials
 
@@ -96,21 +100,23 @@ _CATALOG = {
     ),
 }
 
-class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
-    """Beam's expansion servicer, restricted to the URNs this service serves, with a deadline."""
+class InferBridgeExpansionServicer(beam_expansion_api_pb2_grpc.ExpansionServiceServicer):
+    """Expansion restricted to the URNs this service serves, with a deadline.
+
+    Requests are checked here; Beam's expansion itself runs in an ``_ExpansionWorkers`` process,
+    which is killed when the deadline passes.
+    """
 
     def __init__(
         self,
-        options: PipelineOptions,
+        workers: "_ExpansionWorkers",
         allowed_urns: frozenset[str] = frozenset(),
         timeout_secs: float = 60.0,
     ) -> None:
-        super().__init__(options)
+        self._workers = workers
         self._served_urns = SERVED_URNS | allowed_urns
         self._allowed_urns = allowed_urns
         self._timeout_secs = timeout_secs
-        # Expansions run here so that one over its deadline can be answered while it finishes.
-        self._expansions = futures.ThreadPoolExecutor(thread_name_prefix="inferbridge-expand")
 
     def Expand(self, request: Any, context: Any = None) -> Any:
         urn = request.transform.spec.urn
@@ -125,6 +131,7 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
         try:
             request = drop_unsafe_output_coder_requests(request)
             check_components(request)
+            request = reduce_pipeline_options(request)
             if fully_qualified_named:
                 request = compat.translate(request)
                 _LOGGER.info("Expanding %s as %s", urn, request.transform.spec.urn)
@@ -149,15 +156,19 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
         if remaining is not None:
             timeout = min(timeout, remaining)
         started = time.monotonic()
-        expansion = self._expansions.submit(super().Expand, request, context)
         try:
-            response = expansion.result(timeout=timeout)
-        except futures.TimeoutError:
+            response = beam_expansion_api_pb2.ExpansionResponse.FromString(
+                self._workers.expand(request.SerializeToString(), timeout)
+            )
+        except TimeoutError:
             return self._refuse(
                 urn,
                 f"the expansion of {urn} did not finish within {timeout:.1f} s (the service's "
-                f"--expansion-timeout-secs is {self._timeout_secs:g}, or the client's deadline was shorter)",
+                f"--expansion-timeout-secs is {self._timeout_secs:g}, or the client's deadline was "
+                "shorter); it was stopped",
             )
+        except _WorkerLost as e:
+            return self._refuse(urn, f"the expansion of {urn} failed: {e}")
         _LOGGER.info(
             "Expanded %s in %.0f ms%s",
             urn,
@@ -183,7 +194,7 @@ class InferBridgeExpansionServicer(expansion_service.ExpansionServiceServicer):
         return response
 
     def shutdown(self) -> None:
-        self._expansions.shutdown(wait=True)
+        self._workers.close()
 
     @staticmethod
     def _refuse(urn: str, message: str) -> Any:
@@ -198,6 +209,159 @@ def _is_configuration_payload(request: Any) -> bool:
     except Exception:  # DecodeError, RecursionError: not this kind of payload
         return False
     return payload.HasField("schema")
+
+
+class _WorkerLost(Exception):
+    """An expansion process ended without answering (killed, or out of memory)."""
+
+
+def _expansion_worker(conn: Any, options: list[str], policy: Optional[LoadPolicy], imports: tuple[str, ...], tempdir: str) -> None:
+    """An expansion process: answers serialized ExpansionRequests on ``conn``, one at a time.
+
+    Its temporary files (Beam's pipelines each make a directory) go to ``tempdir``, emptied after
+    every expansion; the service removes it when the process ends.
+    """
+    os.environ["TMPDIR"] = tempfile.tempdir = tempdir
+    for module in imports:
+        importlib.import_module(module)
+    inference.configure_load_policy(policy)
+    servicer = expansion_service.ExpansionServiceServicer(PipelineOptions(options))
+    conn.send_bytes(b"")  # ready
+    while True:
+        try:
+            request = conn.recv_bytes()
+        except EOFError:  # the service is gone
+            return
+        response = servicer.Expand(beam_expansion_api_pb2.ExpansionRequest.FromString(request))
+        for entry in os.scandir(tempdir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        conn.send_bytes(response.SerializeToString())
+
+
+class _Worker:
+    def __init__(self, process: Any, conn: Any, tempdir: str) -> None:
+        self.process, self.conn, self.tempdir = process, conn, tempdir
+
+
+class _ExpansionWorkers:
+    """``size`` processes that run Beam's expansions, one expansion each at a time.
+
+    An expansion past its deadline is stopped by killing its process (SIGKILL): whatever it was
+    doing, in Python or in native code, ends, and its memory and files are released; a fresh
+    process is started at once to replace it. Clients' expansions never change the state of the
+    service's own process (Beam's Pipeline sets process-wide options), and each process's
+    temporary directory is emptied after every expansion. Processes are started with ``spawn``:
+    a new interpreter talking to the service over an anonymous pipe, so nothing listens for them.
+    """
+
+    def __init__(self, options: list[str], policy: Optional[LoadPolicy], imports: tuple[str, ...], size: int) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._args = (options, policy, imports)
+        self._size = size
+        self._idle: list[_Worker] = []
+        self._live: set[_Worker] = set()
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def start(self, timeout_secs: float = 300.0) -> None:
+        """Starts every process and waits until each is ready, so that first requests find them."""
+        for worker in [self._start() for _ in range(self._size)]:
+            if not self._ready(worker, timeout_secs):
+                raise OSError(f"an expansion process did not start within {timeout_secs:g} s:\n{worker.process}")
+
+    def expand(self, request: bytes, timeout_secs: float) -> bytes:
+        """The serialized response; TimeoutError when it takes longer than ``timeout_secs``,
+        counting the wait for a free process."""
+        deadline = time.monotonic() + timeout_secs
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._idle, timeout=max(0.0, timeout_secs)):
+                raise TimeoutError
+            worker = self._idle.pop()
+        answered = False
+        try:
+            worker.conn.send_bytes(request)
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError
+            response = worker.conn.recv_bytes()
+            answered = True
+            return response
+        except (EOFError, ConnectionError):  # not TimeoutError, also an OSError
+            worker.process.join(timeout=5)
+            raise _WorkerLost(
+                f"its process ended without an answer (exit code {worker.process.exitcode}); "
+                "it may have run out of memory"
+            ) from None
+        finally:
+            if answered:
+                with self._changed:
+                    self._idle.append(worker)
+                    self._changed.notify()
+            else:  # stopped, or ended: a fresh process takes its place
+                self._discard(worker)
+                threading.Thread(target=self._replace, name="inferbridge-expansion-start", daemon=True).start()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            workers = list(self._live)
+        for worker in workers:
+            self._discard(worker)
+
+    def _start(self) -> _Worker:
+        tempdir = tempfile.mkdtemp(prefix="inferbridge-expansion-")
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_expansion_worker, args=(theirs, *self._args, tempdir), name="inferbridge-expansion", daemon=True
+        )
+        worker = _Worker(process, ours, tempdir)
+        with self._changed:  # not while close() runs: every live process is started
+            if self._closed:
+                shutil.rmtree(tempdir, ignore_errors=True)
+                raise _WorkerLost("the service is shutting down")
+            process.start()
+            self._live.add(worker)
+        theirs.close()
+        return worker
+
+    def _ready(self, worker: _Worker, timeout_secs: float) -> bool:
+        """Waits for the process's ready message, then makes it available."""
+        try:
+            if not worker.conn.poll(timeout_secs):
+                return False
+            worker.conn.recv_bytes()
+        except (EOFError, OSError):  # it ended, or close() discarded it meanwhile
+            return False
+        with self._changed:
+            self._idle.append(worker)
+            self._changed.notify()
+        return True
+
+    def _replace(self) -> None:
+        try:
+            worker = self._start()
+        except _WorkerLost:
+            return
+        if not self._ready(worker, 300.0):
+            self._discard(worker)
+            if not self._closed:
+                _LOGGER.error("An expansion process did not start; %d remain", len(self._live))
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._changed:  # once per process, whoever else tries
+            if worker not in self._live:
+                return
+            self._live.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.process.close()
+        worker.conn.close()
+        shutil.rmtree(worker.tempdir, ignore_errors=True)
 
 
 class NoArtifactsServicer(beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceServicer):
@@ -229,7 +393,11 @@ class ServiceConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     max_concurrent_requests: int = 256
     expansion_timeout_secs: float = 60.0
+    # Processes that run expansions, one each at a time (each an interpreter with Beam loaded).
+    expansion_processes: int = 2
     allowed_urns: frozenset[str] = frozenset()
+    imports: tuple[str, ...] = ()  # modules registering the allowed URNs, imported by the processes
+    policy: Optional[LoadPolicy] = None  # the models expanded pipelines may load
     # EMBEDDED: the worker pool below runs the Python stages; else Beam's environment type.
     environment_type: str = "EMBEDDED"
     environment_config: Optional[str] = None
@@ -294,11 +462,9 @@ class ExpansionServer:
             if config.environment_config:
                 environment.append(f"--environment_config={config.environment_config}")
         self.environment = " ".join(environment)
-        self._servicer = InferBridgeExpansionServicer(
-            PipelineOptions(["--experiments=beam_fn_api", "--sdk_location=container", *environment]),
-            config.allowed_urns,
-            config.expansion_timeout_secs,
-        )
+        options = ["--experiments=beam_fn_api", "--sdk_location=container", *environment]
+        self._workers = _ExpansionWorkers(options, config.policy, config.imports, config.expansion_processes)
+        self._servicer = InferBridgeExpansionServicer(self._workers, config.allowed_urns, config.expansion_timeout_secs)
         beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(self._servicer, self._server)
         beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(NoArtifactsServicer(), self._server)
         self._health = health.HealthServicer()
@@ -309,6 +475,7 @@ class ExpansionServer:
         return _address(self.config.host, self.port)
 
     def start(self) -> None:
+        self._workers.start()
         if self._worker_pool is not None:
             self._worker_pool.start()
         self._server.start()
@@ -387,6 +554,9 @@ def _parser() -> argparse.ArgumentParser:
          help="requests served at once; more get RESOURCE_EXHAUSTED (default: %(default)s)")
     flag("--expansion-timeout-secs", parse=float, default=60.0,
          help="an expansion taking longer is answered with an error (default: %(default)s)")
+    flag("--expansion-processes", parse=int, default=2,
+         help="processes that run expansions, each one at a time; each holds an interpreter with Beam "
+         "loaded (about 650 MB) and is killed when its expansion passes the deadline (default: %(default)s)")
     flag("--shutdown-grace-secs", parse=float, default=30.0,
          help="on SIGTERM, how long in-flight requests may still take (default: %(default)s)")
 
@@ -430,7 +600,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _service_config(args: argparse.Namespace) -> ServiceConfig:
+def _service_config(args: argparse.Namespace, policy: LoadPolicy) -> ServiceConfig:
     """The configuration the flags describe; ValueError names the flag at fault."""
     # Only transforms the operator's own modules register may be allowed: Beam's own registered
     # transforms (ParDo, Combine, WriteToBigQuery, ...) unpickle their payloads.
@@ -453,7 +623,7 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
             )
     if args.environment_type != "EMBEDDED" and not args.environment_config and args.environment_type != "PROCESS":
         raise ValueError(f"--environment-type={args.environment_type} needs --environment-config")
-    for name in ("max_request_bytes", "max_concurrent_requests", "expansion_timeout_secs"):
+    for name in ("max_request_bytes", "max_concurrent_requests", "expansion_timeout_secs", "expansion_processes"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be positive")
     return ServiceConfig(
@@ -464,7 +634,10 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
         max_request_bytes=args.max_request_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
         expansion_timeout_secs=args.expansion_timeout_secs,
+        expansion_processes=args.expansion_processes,
         allowed_urns=frozenset(args.allow_urn),
+        imports=tuple(args.imports),
+        policy=policy,
         environment_type=args.environment_type,
         environment_config=args.environment_config,
         worker_pool_host=args.worker_pool_host,
@@ -482,11 +655,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             trusted_roots=tuple(args.trusted_model_root),
             allowed_model_classes=tuple(args.allow_model_class),
         )
-        config = _service_config(args)
+        config = _service_config(args, policy)
     except ValueError as e:
         print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
         return 2
-    inference.configure_load_policy(policy)
     try:
         server = ExpansionServer(config)
     except OSError as e:

@@ -6,6 +6,7 @@ stage that failed (input, routing, preprocess, inference, postprocess, output) a
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -17,12 +18,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Seque
 import apache_beam as beam
 import numpy as np
 from apache_beam.coders import RowCoder
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    KeyModelMapping,
-    KeyModelPathMapping,
     ModelHandler,
     ModelMetadata,
     PredictionResult,
@@ -33,8 +30,8 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints.row_type import RowTypeConstraint
 
-from inferbridge import models, steps
-from inferbridge.policy import LoadPolicy
+from inferbridge import model_files, models, steps
+from inferbridge.policy import LoadPolicy, OutsideRoots
 from inferbridge.spec import (
     RUN_INFERENCE_URN,
     InferenceSpec,
@@ -176,7 +173,7 @@ class Inference(beam.PTransform):
         key_type, passthrough = _check_input_schema(spec, rows.element_type)
         policy = self._policy or _load_policy or LoadPolicy.from_env()
         # Building the handlers checks each model against the policy, before its file is looked at.
-        handler = _keyed_handler(spec, policy)
+        handler = _KeyedModels(spec, policy)
         for i, model in enumerate(spec.models):
             _check_model_exists(f"models[{i}]", model)
 
@@ -476,20 +473,22 @@ class _IsolatingHandler(ModelHandler):
 
     def _load_newest_watched(self) -> None:
         try:
-            matches = FileSystems.match([self._watch_pattern])[0].metadata_list
+            newest = self._inner.newest_watched()
         except Exception as e:  # noqa: BLE001 - an unreadable pattern keeps the current model
             _LOGGER.warning("Model %r: watch pattern %r could not be read: %s", self._model_id, self._watch_pattern, e)
             return
-        if not matches:
-            return
-        newest = max(matches, key=lambda m: (m.last_updated_in_seconds, m.path)).path
         current = _watched_models.get(self._token, (self._uri, None))[0]
-        if newest in (current, _watch_failures.get(self._token)):
+        if newest is None or newest in (current, _watch_failures.get(self._token)):
             return
         previous = self._inner.uri
         try:
             self._inner.update_model_path(newest)
             _watched_models[self._token] = (newest, self._inner.load_model())
+        except OutsideRoots:
+            # Switched to lead outside the roots since it was listed: as if it did not exist, so
+            # neither a log line nor a metric tells what is there.
+            self._inner.update_model_path(previous)
+            return
         except Exception as e:  # noqa: BLE001 - a bad file keeps the current model
             _watch_failures[self._token] = newest
             _LOGGER.error("Model %r: loading %s failed (%s: %s); keeping %s", self._model_id, newest, type(e).__name__, e, current)
@@ -613,48 +612,94 @@ class _StageError(Exception):
         self.stage, self.step, self.error = stage, step, error
 
 
-class _KeyedModels(KeyedModelHandler):
-    """Beam's multi-model KeyedModelHandler, keyed by model_id, with the spec's batching.
+class _ResidentModels:
+    """The models loaded in one worker process: at most ``limit``, least recently used leave first.
 
-    (Beam ignores the inner handlers' batching settings in multi-model mode.)
+    Loading is InferBridge's own: a model is an object of this process, dropped (and so freed,
+    with whatever it made) when it is evicted or when a refresh replaces this set. Beam's model
+    manager would instead start a server process per load, listening on a socket that unpickles.
     """
 
-    def __init__(self, mappings: list, max_models: Optional[int], batching: Mapping[str, Any]) -> None:
-        super().__init__(mappings, max_models_per_worker_hint=max_models)
-        self._batching = dict(batching)
+    def __init__(self, handlers: Mapping[str, "_IsolatingHandler"], limit: Optional[int], namespace: str) -> None:
+        self._handlers = handlers
+        self._limit = limit
+        self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loads = Metrics.counter(namespace, "model_loads")
 
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return self._batching
+    def resident_first(self, model_ids: Iterable[str]) -> list[str]:
+        """Serving loaded models first spares reloads when a batch needs more than the limit."""
+        return sorted(model_ids, key=lambda model_id: model_id not in self._loaded)
+
+    def get(self, model_id: str) -> Any:
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            if self._limit and len(self._loaded) >= self._limit:
+                self._loaded.popitem(last=False)
+            model = self._handlers[model_id].load_model()
+            self._loads.inc()
+            self._loaded[model_id] = model
+            return model
+
+
+class _KeyedModels(ModelHandler):
+    """Every model of the spec behind one Beam handler; elements (model_id, example) are routed
+    inside it to the model's ``_IsolatingHandler``.
+
+    The worker's models live in one ``_ResidentModels`` (at most ``max_models_per_worker``).
+    Refresh: an update is the JSON object {model_id: uri} of every model, and replaces the set.
+    """
+
+    def __init__(self, spec: InferenceSpec, policy: LoadPolicy) -> None:
+        super().__init__()
+        self._handlers = {m.id: _IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
+        self._limit = spec.max_models_per_worker
+        self._namespace = spec.metrics_namespace
+        self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
+
+    def load_model(self) -> _ResidentModels:
+        return _ResidentModels(self._handlers, self._limit, self._namespace)
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        if model_path:
+            for model_id, uri in json.loads(model_path).items():
+                self._handlers[model_id].update_model_path(uri)
+
+    def run_inference(
+        self, batch: Sequence[tuple[str, _Example]], models: _ResidentModels, inference_args: Optional[dict] = None
+    ) -> Iterable[tuple[str, PredictionResult]]:
+        by_model: dict[str, list[_Example]] = {}
+        for model_id, example in batch:
+            by_model.setdefault(model_id, []).append(example)
+        results: list[tuple[str, PredictionResult]] = []
+        for model_id in models.resident_first(by_model):
+            predictions = self._handlers[model_id].run_inference(by_model[model_id], models.get(model_id), inference_args)
+            results.extend((model_id, p) for p in predictions)
+        return results
 
     def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
         return sum(ex.features.nbytes for _, ex in batch)
 
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batching
 
-def _keyed_handler(spec: InferenceSpec, policy: LoadPolicy) -> KeyedModelHandler:
-    """Elements are keyed by model_id, so several element keys share a model without copies.
-
-    The pre/postprocessing steps live outside Beam's handlers (in the Prepare and Finish stages
-    and in _IsolatingHandler), so a keyed multi-model handler is never wrapped with Beam's
-    pre/post functions, which fails at run time in Beam 2.77.
-    """
-    handlers = [_IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)]
-    if len(handlers) == 1:
-        return KeyedModelHandler(handlers[0])
-    mappings = [KeyModelMapping([m.id], h) for m, h in zip(spec.models, handlers)]
-    return _KeyedModels(mappings, spec.max_models_per_worker, handlers[0].batch_elements_kwargs())
+    def get_metrics_namespace(self) -> str:
+        return self._namespace
 
 
 # --- Model refresh ------------------------------------------------------------------------------
 
 
 class _LatestModelPaths(beam.DoFn):
-    """Keeps the newest uri per model_id (state) and emits Beam's side-input form on a change."""
+    """Keeps the newest uri per model_id (state) and emits, on a change, the side input of the
+    handlers that serve every model: the JSON object {model_id: uri} of them all."""
 
     LATEST = beam.transforms.userstate.ReadModifyWriteStateSpec("latest", beam.coders.PickleCoder())
 
-    def __init__(self, spec: InferenceSpec, as_json: bool = False) -> None:
+    def __init__(self, spec: InferenceSpec) -> None:
         self._models = spec.models
-        self._as_json = as_json
 
     def process(self, keyed: tuple, latest=beam.DoFn.StateParam(LATEST)) -> Iterable[Any]:
         _, (model_id, uri, ts) = keyed
@@ -663,17 +708,8 @@ class _LatestModelPaths(beam.DoFn):
             return  # an older update arriving late
         paths[model_id] = (ts, uri)
         latest.write(paths)
-        if self._as_json:  # one handler serving every model: {model_id: uri} of them all
-            current = {m.id: paths.get(m.id, (0, m.uri))[1] for m in self._models}
-            yield ModelMetadata(model_id=json.dumps(current, sort_keys=True), model_name="models")
-            return
-        if len(self._models) == 1:
-            yield ModelMetadata(model_id=uri, model_name=model_id)
-            return
-        yield [
-            KeyModelPathMapping(keys=[m.id], update_path=paths.get(m.id, (0, m.uri))[1], model_id=m.id)
-            for m in self._models
-        ]
+        current = {m.id: paths.get(m.id, (0, m.uri))[1] for m in self._models}
+        yield ModelMetadata(model_id=json.dumps(current, sort_keys=True), model_name="models")
 
 
 class _ToModelUpdate(beam.DoFn):
@@ -698,12 +734,10 @@ class _ToModelUpdate(beam.DoFn):
         yield model_id, uri, float(ts)
 
 
-def _model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection], as_json: bool = False) -> Optional[beam.PCollection]:
-    """The RunInference side input that swaps models, from model-update Rows.
-
-    With ``as_json``, for a handler that serves every model, each update is one ModelMetadata
-    whose model_id is the JSON object {model_id: uri} of all models. (Watch patterns are
-    checked by the handlers themselves, without a side input.)
+def _model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection]) -> Optional[beam.PCollection]:
+    """The RunInference side input that swaps models, from model-update Rows: each update is one
+    ModelMetadata whose model_id is the JSON object {model_id: uri} of all models. (Watch
+    patterns are checked by the handlers themselves, without a side input.)
     """
     if updates is None:
         return None
@@ -714,7 +748,7 @@ def _model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection], as
         | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
         | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
         | "OneKey" >> beam.Map(lambda update: ("models", update))
-        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec, as_json))
+        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec))
         | "EveryUpdate" >> beam.WindowInto(
             window.GlobalWindows(),
             trigger=trigger.Repeatedly(trigger.AfterCount(1)),
@@ -853,13 +887,9 @@ def _non_null(field_type: Any) -> Any:
 
 
 def _check_model_exists(where: str, model: Model) -> None:
-    """Fails at construction for a model file that does not exist (a handler's uri may name
-    something else, e.g. a hub model)."""
-    if model.framework != "handler" and not FileSystems.exists(model.uri):
-        raise ValueError(
-            f"{where}.uri={model.uri!r} does not exist or is not readable from the process that "
-            "builds the pipeline; give a path or URI the workers can read"
-        )
+    """Fails at construction for a model file that does not exist or is not a regular file (a
+    directory, a device, a FIFO): the workers load only regular files."""
+    model_files.check_regular_file(model.uri, where)
 
 
 __all__ = ["Inference", "InferenceResult", "FAILURE_ROW", "configure_load_policy", "output_row_type"]

@@ -11,9 +11,11 @@ Every model is served by a ``CheckedModelHandler`` around one of Beam's framewor
 * handler: an allowlisted Beam handler (``BEAM_HANDLERS``), its options being constructor
   keyword arguments.
 
-The wrapper checks the load policy and the sha256 pin on the current path before each load,
-supports model refresh for every framework (by rebuilding the Beam handler for the new path),
-and gives each example's result as a number or a flat vector, always as numpy values.
+The wrapper loads each model itself, from the file opened once and checked against the load
+policy and the sha256 pin (``inferbridge.model_files``), so that nothing opens the path a second
+time; Beam's handlers run the loaded models. It supports model refresh for every framework (by
+rebuilding the Beam handler for the new path), and gives each example's result as a number or a
+flat vector, always as numpy values.
 
 Framework libraries are imported lazily, so ``import inferbridge`` and ``validate`` stay light.
 """
@@ -23,8 +25,10 @@ from __future__ import annotations
 import enum
 import importlib
 import inspect
+import itertools
 import logging
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from inferbridge import steps
-from inferbridge.policy import LoadPolicy, verify_sha256
+from inferbridge import model_files, steps
+from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
@@ -216,6 +220,8 @@ def validate(model: Model, where: str) -> str:
     else:
         _check_options(model, where)
     _check_pin(model, where)
+    if model.watch_pattern is not None:
+        model_files.parse_watch_pattern(model.watch_pattern, where)
     return outputs[model.output]
 
 
@@ -230,11 +236,15 @@ def runs_code_on_load(model: Model) -> bool:
 def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> CheckedModelHandler:
     """The ModelHandler that serves ``model`` under ``policy``; it sets no batching.
 
-    The policy is checked now, so a refused model fails at construction, and again before each
-    load. The framework library is imported now: a missing one fails here, naming its package.
+    The policy is checked now (the model's path, its watch pattern's directory), so a refused
+    model fails at construction, and again at each load. The framework library is imported now:
+    a missing one fails here, naming its package.
     """
     kind = validate(model, where)
     policy.check(model, model.uri, where)
+    if model.watch_pattern is not None:
+        watch = model_files.parse_watch_pattern(model.watch_pattern, where)
+        policy.check_watch_directory(model, watch.pattern, watch.directory, where)
     return CheckedModelHandler(model, policy, kind, where)
 
 
@@ -254,7 +264,10 @@ class CheckedModelHandler(ModelHandler):
         self._kind = kind
         self._where = where
         self._uri = model.uri
-        self._inner = _build(model, self._uri, where)
+        self._inner = _build(model, self._uri, policy, where)
+        self._watch = (
+            None if model.watch_pattern is None else model_files.parse_watch_pattern(model.watch_pattern, where)
+        )
 
     @property
     def uri(self) -> str:
@@ -262,21 +275,22 @@ class CheckedModelHandler(ModelHandler):
         return self._uri
 
     def load_model(self) -> Any:
-        self._policy.check(self._model, self._uri, self._where)
-        if self._model.sha256:
-            verify_sha256(self._uri, self._model.sha256, self._where)
-        _warn_if_cuda_missing(self._model, self._uri, self._where)
-        if (self._model.framework, self._model.format) == ("sklearn", "skops"):
-            # Beam has no skops loader: load here; Beam's sklearn handler runs the model.
-            return _load_skops(self._uri, self._where)
-        return self._inner.load_model()
+        with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:
+            _warn_if_cuda_missing(self._model, self._uri, self._where)
+            return _load(self._model, file, self._policy, self._where)
+
+    def newest_watched(self) -> Optional[str]:
+        """The newest file of the model's watch pattern that it may be loaded from, if any."""
+        if self._watch is None:
+            return None
+        return model_files.newest_match(self._watch, self._model, self._policy)
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
         # Rebuilding the Beam handler works for every framework, including the ONNX and
         # XGBoost handlers that have no update_model_path of their own.
         if model_path:
             self._uri = model_path
-            self._inner = _build(self._model, model_path, self._where)
+            self._inner = _build(self._model, model_path, self._policy, self._where)
 
     def run_inference(
         self, batch: Sequence[Any], model: Any, inference_args: Optional[dict[str, Any]] = None
@@ -304,7 +318,7 @@ class CheckedModelHandler(ModelHandler):
         if framework == "sklearn":
             outputs = _sklearn_call(output, model, features, inference_args)
         elif framework == "pytorch":
-            outputs = _torch_outputs(features, model, self._inner._device, inference_args)
+            outputs = _torch_outputs(features, model, inference_args)
         elif framework == "onnx":
             options = self._model.options
             outputs = _onnx_inference(
@@ -501,7 +515,7 @@ def _import(module: str, package: str, what: str) -> Any:
         ) from e
 
 
-def _build(model: Model, uri: str, where: str) -> ModelHandler:
+def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandler:
     """Beam's handler for ``model`` reading ``uri``, with InferBridge's inference function."""
     what = f"{where}.framework={model.framework!r}"
     options = model.options
@@ -523,7 +537,7 @@ def _build(model: Model, uri: str, where: str) -> ModelHandler:
             )
         return pytorch_inference.PytorchModelHandlerTensor(
             state_dict_path=uri,
-            model_class=_import_model_class(options["model_class"], f"{where}.options.model_class"),
+            model_class=_import_model_class(options["model_class"], policy, f"{where}.options.model_class"),
             model_params=dict(options.get("model_params") or {}),
             device=device,
             inference_fn=_torch_inference,
@@ -531,13 +545,10 @@ def _build(model: Model, uri: str, where: str) -> ModelHandler:
         )
     if model.framework == "onnx":
         onnx = _import("apache_beam.ml.inference.onnx_inference", "onnxruntime onnx", what)
-        providers = ["CPUExecutionProvider"]
-        if options.get("device") == "cuda":
-            providers.insert(0, "CUDAExecutionProvider")
         kind = OUTPUTS["onnx"][model.output]
         return onnx.OnnxModelHandlerNumpy(
             uri,
-            providers=providers,
+            providers=_onnx_providers(model),
             inference_fn=partial(_onnx_inference, options.get("output_name"), kind, where),
         )
     cls, kwargs = _beam_handler_args(model, where)
@@ -547,8 +558,19 @@ def _build(model: Model, uri: str, where: str) -> ModelHandler:
     return cls(**{entry.uri_param: uri}, **kwargs)
 
 
-def _import_model_class(path: str, where: str) -> type:
-    """Imports a torch.nn.Module subclass; call only after the policy allowed ``path``."""
+def _onnx_providers(model: Model) -> list[str]:
+    if model.options.get("device") == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _import_model_class(path: str, policy: LoadPolicy, where: str) -> type:
+    """Imports a torch.nn.Module subclass; call only after the policy allowed ``path``.
+
+    The class found must itself be defined under an allowed prefix: a name such as
+    ``allowed_module:nn.Linear`` would otherwise reach a class of any module through the
+    allowed module's attributes.
+    """
     import torch
 
     module_name, name = _split_class_path(path, where)
@@ -558,17 +580,64 @@ def _import_model_class(path: str, where: str) -> type:
             found = getattr(found, part)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"{where}={path!r} cannot be imported: {e}") from e
-    if not (isinstance(found, type) and issubclass(found, torch.nn.Module)):
+    if not isinstance(found, type):
+        raise ValueError(f"{where}={path!r} is not a class")
+    defined_in = getattr(found, "__module__", None)
+    try:
+        policy.check_model_class(f"{defined_in}:{found.__qualname__}", where)
+    except ValueError:
+        raise ValueError(
+            f"{where}={path!r} is a class defined in module {defined_in!r}, which is not under an "
+            f"allowed model class prefix ({', '.join(policy.allowed_model_classes) or 'none'}); "
+            "name the class by the module that defines it, and allow that module"
+        ) from None
+    if not issubclass(found, torch.nn.Module):
         raise ValueError(f"{where}={path!r} is not a torch.nn.Module subclass")
     return found
 
 
-def _load_skops(uri: str, where: str) -> Any:
-    import skops.io
-    from apache_beam.io.filesystems import FileSystems
+def _load(model: Model, file: model_files.ModelFile, policy: LoadPolicy, where: str) -> Any:
+    """Loads ``model`` from its checked, open ``file`` (never from its path)."""
+    framework, fmt = model.framework, model.format
+    if framework == "sklearn":
+        if fmt == "skops":
+            return _load_skops(file.data(), model.uri, where)
+        if fmt == "joblib":
+            import joblib
 
-    with FileSystems.open(uri) as f:
-        data = f.read()
+            return joblib.load(file.file)
+        return pickle.load(file.file)
+    if framework == "pytorch":
+        return _load_torch(model, file, policy, where)
+    if framework == "onnx":
+        import onnxruntime
+
+        return onnxruntime.InferenceSession(file.data(), providers=_onnx_providers(model))
+    # An allowlisted Beam handler loads by path: a fresh one for a path that leads to this file.
+    with file.path() as path:
+        return _build(model, path, policy, where).load_model()
+
+
+def _load_torch(model: Model, file: model_files.ModelFile, policy: LoadPolicy, where: str) -> Any:
+    import torch
+
+    wanted = model.options.get("device") == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda" if wanted else "cpu")
+    if model.format == "torchscript":
+        net = torch.jit.load(file.file, map_location=device)
+    else:
+        model_class = _import_model_class(model.options["model_class"], policy, f"{where}.options.model_class")
+        net = model_class(**dict(model.options.get("model_params") or {}))
+        net.load_state_dict(torch.load(file.file, map_location=device, weights_only=True))
+        net.requires_grad_(False)
+    net.to(device)
+    net.eval()
+    return net
+
+
+def _load_skops(data: bytes, uri: str, where: str) -> Any:
+    import skops.io
+
     untrusted = skops.io.get_untrusted_types(data=data)
     if untrusted:
         raise ValueError(
@@ -614,12 +683,15 @@ def _torch_inference(
     inference_args: Any = None,
     model_id: Any = None,
 ) -> list[PredictionResult]:
-    return _results(batch, _torch_outputs(batch, model, device, inference_args))
+    # Beam's ``device`` is the one asked for; the model's own is where it was loaded.
+    return _results(batch, _torch_outputs(batch, model, inference_args))
 
 
-def _torch_outputs(batch: Sequence[np.ndarray] | np.ndarray, model: Any, device: Any, inference_args: Any = None) -> np.ndarray:
+def _torch_outputs(batch: Sequence[np.ndarray] | np.ndarray, model: Any, inference_args: Any = None) -> np.ndarray:
     import torch
 
+    weights = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = weights.device if weights is not None else torch.device("cpu")
     with torch.no_grad():
         inputs = torch.from_numpy(_matrix(batch).astype(np.float32, copy=False)).to(device)
         outputs = model(inputs, **(inference_args or {}))

@@ -1,4 +1,4 @@
-"""Where models may be loaded from, which formats may run code, and file digest pins.
+"""Where models may be loaded from, which formats may run code, and which model classes.
 
 A model file in pickle, joblib or TorchScript form (and a Beam handler that loads such files)
 runs code when it is loaded, so whoever can write the file can run code in the worker. A
@@ -6,13 +6,13 @@ runs code when it is loaded, so whoever can write the file can run code in the w
 only from *model roots* (when any are set), and lets a PyTorch ``state_dict`` name only model
 classes under allowed module prefixes (importing a module runs its code).
 
-The expansion service reads the policy from the environment (``LoadPolicy.from_env``) or from
+A path is checked before anything is opened, and a local file again by the descriptor it was
+opened with (``inferbridge.model_files``). The expansion service reads the policy from the environment (``LoadPolicy.from_env``) or from
 its flags; a Python pipeline that runs its own code anyway may use ``LoadPolicy.unrestricted()``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -30,7 +30,10 @@ ALLOWED_CLASSES_ENV = "INFERBRIDGE_ALLOWED_MODEL_CLASSES"
 ANY = "*"
 
 _SCHEME = re.compile(r"^([A-Za-z][-A-Za-z0-9+.]*)://")
-_CHUNK = 1 << 20
+
+
+class OutsideRoots(ValueError):
+    """A model file or watch pattern outside the roots the policy allows for it."""
 
 
 @dataclass(frozen=True)
@@ -83,28 +86,65 @@ class LoadPolicy:
         """Raises ValueError, starting with ``where``, if ``model`` may not be loaded from ``uri``.
 
         Local paths are compared after resolving ``..`` and symbolic links; a URI with a scheme
-        is compared as text and may not contain ``..`` segments.
+        is compared as text and may not contain ``..`` segments. A path outside the roots is
+        refused in the same words whether or not it exists.
         """
+        self._check_location(model, uri, _location(uri, f"{where}.uri"), where)
+
+    def check_opened(self, model: Model, uri: str, real_path: str, where: str = "model") -> None:
+        """Like ``check``, for the local file ``uri`` once opened: ``real_path`` is where its
+        descriptor leads, so a link switched after ``check`` cannot lead elsewhere."""
+        self._check_location(model, uri, (None, real_path), where)
+
+    def allows(self, model: Model, uri: str) -> bool:
+        """Whether ``check`` would accept the location ``uri`` for ``model``, without raising."""
+        try:
+            return self._allows(model, _location(uri, "uri"))
+        except ValueError:
+            return False
+
+    def check_watch_directory(self, model: Model, pattern: str, directory: str, where: str) -> None:
+        """Raises ValueError unless ``directory``, of ``model``'s watch pattern, is where the
+        model itself may be loaded from (the trusted roots for formats that run code)."""
+        if not self._allows(model, _location(directory, f"{where}.watch_pattern")):
+            raise OutsideRoots(
+                f"{where}.watch_pattern={pattern!r} is outside the roots its model may be loaded "
+                f"from ({_listing(self._roots_for(model) or ())}); give a pattern whose directory "
+                "is under one of them"
+            )
+
+    def _roots_for(self, model: Model) -> Optional[tuple[str, ...]]:
+        """The roots ``model`` may be loaded from; None: anywhere."""
         from inferbridge.models import runs_code_on_load
 
-        location = _location(uri, f"{where}.uri")
         if runs_code_on_load(model):
-            if not _under_any(location, self.trusted_roots):
-                raise ValueError(
-                    f"{where}.uri={uri!r}{_resolved(uri, location)}: {model.framework} format "
-                    f"{model.format!r} runs code when loaded, so it is loaded only from trusted "
-                    f"roots ({_listing(self.trusted_roots)}); to allow it, put the file under a "
-                    f"trusted root and add that directory to {TRUSTED_ROOTS_ENV} (comma-separated) "
-                    "or start the expansion service with --trusted-model-root DIR; or save the "
-                    "model in a format that does not run code (sklearn: skops; pytorch: "
-                    "state_dict; onnx)"
+            return self.trusted_roots
+        return self.model_roots + self.trusted_roots if self.model_roots else None
+
+    def _allows(self, model: Model, location: tuple[Optional[str], str]) -> bool:
+        roots = self._roots_for(model)
+        return roots is None or _under_any(location, roots)
+
+    def _check_location(self, model: Model, uri: str, location: tuple[Optional[str], str], where: str) -> None:
+        from inferbridge.models import runs_code_on_load
+
+        # Only the configured value is named: a resolved path would tell a client where a link
+        # outside the roots leads, and whether it exists.
+        if not self._allows(model, location):
+            roots = _listing(self._roots_for(model) or ())
+            if runs_code_on_load(model):
+                raise OutsideRoots(
+                    f"{where}.uri={uri!r}: {model.framework} format {model.format!r} runs code "
+                    f"when loaded, so it is loaded only from trusted roots ({roots}); to allow "
+                    f"it, put the file under a trusted root and add that directory to "
+                    f"{TRUSTED_ROOTS_ENV} (comma-separated) or start the expansion service with "
+                    "--trusted-model-root DIR; or save the model in a format that does not run "
+                    "code (sklearn: skops; pytorch: state_dict; onnx)"
                 )
-        elif self.model_roots and not _under_any(location, self.model_roots + self.trusted_roots):
-            raise ValueError(
-                f"{where}.uri={uri!r}{_resolved(uri, location)} is outside the allowed model "
-                f"roots ({_listing(self.model_roots + self.trusted_roots)}); to allow it, add its "
-                f"directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion service "
-                "with --model-root DIR"
+            raise OutsideRoots(
+                f"{where}.uri={uri!r} is outside the allowed model roots ({roots}); to allow it, "
+                f"add its directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion "
+                "service with --model-root DIR"
             )
         model_class = model.options.get("model_class") if model.framework == "pytorch" else None
         if isinstance(model_class, str):
@@ -126,34 +166,21 @@ class LoadPolicy:
         )
 
 
-def verify_sha256(uri: str, expected: str, where: str = "model") -> None:
-    """Raises ValueError unless the file at ``uri`` has the hex SHA-256 digest ``expected``."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    if _SCHEME.match(uri) is None and os.path.isdir(uri):
-        raise ValueError(
-            f"{where}.sha256 pins a single file, but {where}.uri={uri!r} is a directory; "
-            "remove sha256 for this model"
-        )
-    digest = hashlib.sha256()
-    # The digest is of the bytes stored, so no transparent decompression of *.gz and the like.
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    actual = digest.hexdigest()
-    if actual != expected.lower():
-        raise ValueError(
-            f"{where}.sha256 does not match {uri!r}: expected {expected.lower()}, actual {actual}; "
-            "the file changed, or the pin is wrong"
-        )
+def local_path(uri: str) -> Optional[str]:
+    """The local path ``uri`` names (a plain path or a file:// URI), or None for other schemes."""
+    match = _SCHEME.match(uri)
+    if match is None:
+        return uri
+    return uri[match.end() :] if match.group(1).lower() == "file" else None
 
 
 def _location(uri: str, where: str) -> tuple[Optional[str], str]:
     """(scheme, path): scheme None and a resolved absolute path for a local file."""
+    path = local_path(uri)
+    if path is not None:
+        return None, os.path.realpath(path)
     match = _SCHEME.match(uri)
-    if match is None or match.group(1).lower() == "file":
-        return None, os.path.realpath(uri[match.end() :] if match else uri)
+    assert match is not None
     if ".." in uri[match.end() :].split("/"):
         raise ValueError(f"{where}={uri!r} contains a '..' segment; give the URI without it")
     return match.group(1).lower(), uri
@@ -173,11 +200,6 @@ def _under_any(location: tuple[Optional[str], str], roots: tuple[str, ...]) -> b
         elif path == root_path or path.startswith(root_path.rstrip("/") + "/"):
             return True
     return False
-
-
-def _resolved(uri: str, location: tuple[Optional[str], str]) -> str:
-    path = location[1]
-    return f" (resolved to {path!r})" if location[0] is None and path != uri else ""
 
 
 def _listing(roots: tuple[str, ...]) -> str:

@@ -3,18 +3,22 @@
 Beam's Python expansion servicer rebuilds, from the request, every transform, PCollection, coder
 and windowing strategy it carries; several of those are pickled Python or Python code that Beam
 would run in the service's process. These checks refuse (or, for unneeded output coder requests,
-drop) whatever Beam would unpickle or evaluate.
+drop) whatever Beam would unpickle or evaluate, and reduce the client's pipeline options to the
+few the composites need, with bounded values.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from typing import Any, Callable
 
 from apache_beam.portability import common_urns, python_urns
+from google.protobuf import json_format
 from apache_beam.portability.api import beam_expansion_api_pb2, external_transforms_pb2, schema_pb2
 
-from inferbridge import compat
+from inferbridge import bounds, compat, spec
+from inferbridge.bounds import shorten
 from inferbridge.compat import Refusal
 
 _LOGGER = logging.getLogger("inferbridge.expansion_service")
@@ -129,3 +133,84 @@ def check_configuration(request: beam_expansion_api_pb2.ExpansionRequest) -> Non
     if found:
         raise Refusal(compat.describe_logical_types(found))
 
+
+
+# Resource hints a client's pipeline options may carry ("name=value", as Beam's clients send
+# them): the ones the configuration has, under Beam's names for them.
+_RESOURCE_HINTS: dict[str, Callable[[str], None]] = {
+    "min_ram": lambda value: spec.check_resource_hints(value, None),
+    "minRam": lambda value: spec.check_resource_hints(value, None),
+    "accelerator": lambda value: spec.check_resource_hints(None, value),
+}
+MAX_RESOURCE_HINTS = 8
+_VERSION = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6}){0,2}")
+
+
+def _check_streaming(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+
+
+def _check_update_compatibility_version(value: Any) -> None:
+    if not isinstance(value, str) or not _VERSION.fullmatch(value):
+        raise ValueError("must be a Beam version such as 2.60.0")
+
+
+def _check_resource_hints(value: Any) -> None:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of name=value strings")
+    bounds.check_count("resource_hints", value, MAX_RESOURCE_HINTS, "hints")
+    for hint in value:
+        name, _, hint_value = hint.partition("=") if isinstance(hint, str) else ("", "", "")
+        if name not in _RESOURCE_HINTS:
+            raise ValueError(f"holds {shorten(hint)}; allowed: {', '.join(f'{n}=...' for n in _RESOURCE_HINTS)}")
+        _RESOURCE_HINTS[name](hint_value)
+
+
+# The client pipeline options Beam's servicer may merge into its own, and how each is checked:
+# those that change how the composites expand. Every other option is dropped.
+PIPELINE_OPTIONS: dict[str, Callable[[Any], None]] = {
+    "streaming": _check_streaming,
+    "update_compatibility_version": _check_update_compatibility_version,
+    "resource_hints": _check_resource_hints,
+}
+_OPTION_URN = re.compile(r"beam:option:([a-z_]+):v1")
+
+
+def reduce_pipeline_options(
+    request: beam_expansion_api_pb2.ExpansionRequest,
+) -> beam_expansion_api_pb2.ExpansionRequest:
+    """The request with only the allowlisted pipeline options (``PIPELINE_OPTIONS``), valid ones.
+
+    Beam's servicer merges a request's pipeline options into the service's own and parses some
+    of them (resource hints, with a parser whose time grows with the square of the value's
+    length). Java clients send all of their options with every expansion, so the others are
+    dropped, not refused (logged at debug); an allowlisted option whose value is out of bounds
+    is dropped with a warning.
+    """
+    options = request.pipeline_options
+    kept: list[str] = []
+    dropped: list[str] = []
+    for key, field in options.fields.items():
+        match = _OPTION_URN.fullmatch(key)
+        check = PIPELINE_OPTIONS.get(match.group(1)) if match else None
+        if check is None:
+            dropped.append(key)
+            continue
+        value = json_format.MessageToDict(field)  # a Python bool, number, string, list, dict or None
+        try:
+            check(value)
+        except ValueError as e:
+            _LOGGER.warning("Ignoring the client pipeline option %s=%s: %s", match.group(1), shorten(value), e)
+            continue
+        kept.append(key)
+    if len(kept) == len(options):
+        return request
+    if dropped and _LOGGER.isEnabledFor(logging.DEBUG):
+        _LOGGER.debug("Ignoring %d client pipeline options not used by the composites: %s", len(dropped), shorten(dropped))
+    reduced = beam_expansion_api_pb2.ExpansionRequest()
+    reduced.CopyFrom(request)
+    reduced.pipeline_options.Clear()
+    for key in kept:
+        reduced.pipeline_options.fields[key].CopyFrom(options.fields[key])
+    return reduced

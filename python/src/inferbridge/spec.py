@@ -6,11 +6,14 @@ it, and both languages' unit tests compare their schema to that file.
 """
 
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
-from inferbridge import steps
+from inferbridge import bounds, steps
+from inferbridge.bounds import shorten
 
 RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1"
 # The same configuration, on packed blocks of rows (blocks.py).
@@ -118,7 +121,8 @@ class Step:
 
     @classmethod
     def from_config(cls, stage: str, config: Any) -> "Step":
-        params = _json_object(f"{stage} step {config.name!r}: params", config.params)
+        bounds.check_length(f"{stage} step name", config.name, bounds.MAX_NAME_CHARS)
+        params = bounds.json_object(f"{stage} step {config.name!r}: params", config.params, bounds.MAX_PARAMS_JSON_CHARS)
         return cls(config.name, **params)
 
 
@@ -214,6 +218,7 @@ class Model:
 
     @classmethod
     def from_config(cls, where: str, config: Any) -> "Model":
+        _check_model_strings(where, config)
         return cls(
             uri=config.uri,
             framework=config.framework,
@@ -221,7 +226,7 @@ class Model:
             output=config.output,
             model_id=config.model_id,
             keys=tuple(config.keys or ()),
-            options=_json_object(f"{where}.options", config.options),
+            options=bounds.json_object(f"{where}.options", config.options, bounds.MAX_OPTIONS_JSON_CHARS),
             sha256=config.sha256,
             watch_pattern=config.watch_pattern,
         )
@@ -259,6 +264,7 @@ class InferenceSpec:
         object.__setattr__(self, "models", (models_,) if isinstance(models_, Model) else tuple(models_))
         object.__setattr__(self, "preprocess", tuple(_as_step(s) for s in self.preprocess))
         object.__setattr__(self, "postprocess", tuple(_as_step(s) for s in self.postprocess))
+        self._check_bounds()
         _require_name("key_field", self.key_field)
         if not self.feature_fields:
             raise ValueError("feature_fields must name at least one input field")
@@ -274,17 +280,35 @@ class InferenceSpec:
         self._check_batching()
         _require_choice("variable_length", self.variable_length, VARIABLE_LENGTH)
         _require_number("pad_value", self.pad_value)
-        _require_positive_int("max_models_per_worker", self.max_models_per_worker)
+        bounds.check_range("pad_value", self.pad_value, -math.inf, math.inf)
+        _require_positive_int("max_models_per_worker", self.max_models_per_worker, bounds.MAX_MODELS_PER_WORKER)
         _require_number("watch_interval_secs", self.watch_interval_secs)
         if self.watch_interval_secs <= 0:
             raise ValueError(f"watch_interval_secs={self.watch_interval_secs!r} must be positive")
-        _check_resource_hints(self.min_ram, self.accelerator)
+        bounds.check_range(
+            "watch_interval_secs", self.watch_interval_secs, bounds.MIN_WATCH_INTERVAL_SECS, bounds.MAX_WATCH_INTERVAL_SECS
+        )
+        check_resource_hints(self.min_ram, self.accelerator)
         _require_name("metrics_namespace", self.metrics_namespace)
         object.__setattr__(self, "inference_kind", self._check_models_and_steps())
 
+    def _check_bounds(self) -> None:
+        """The sizes of every string and list, before any other check reads (or echoes) them."""
+        _check_counts(self)
+        for stage in steps.STAGES:
+            for i, step in enumerate(getattr(self, stage)):
+                bounds.check_length(f"{stage}[{i}].name", step.name, bounds.MAX_NAME_CHARS)
+        for name in ("key_field", "variable_length", "metrics_namespace"):
+            bounds.check_length(name, getattr(self, name), bounds.MAX_NAME_CHARS)
+        for name in ("feature_fields", "passthrough_fields"):
+            for i, value in enumerate(getattr(self, name)):
+                bounds.check_length(f"{name}[{i}]", value, bounds.MAX_NAME_CHARS)
+        for i, model in enumerate(self.models):
+            _check_model_strings(f"models[{i}]", model)
+
     def _check_batching(self) -> None:
-        _require_positive_int("min_batch_size", self.min_batch_size)
-        _require_positive_int("max_batch_size", self.max_batch_size)
+        _require_positive_int("min_batch_size", self.min_batch_size, bounds.MAX_BATCH_SIZE)
+        _require_positive_int("max_batch_size", self.max_batch_size, bounds.MAX_BATCH_SIZE)
         if self.min_batch_size and self.max_batch_size and self.min_batch_size > self.max_batch_size:
             raise ValueError(
                 f"min_batch_size={self.min_batch_size} is larger than "
@@ -296,6 +320,9 @@ class InferenceSpec:
                 raise ValueError(
                     f"max_batch_duration_secs={self.max_batch_duration_secs!r} must be positive"
                 )
+            bounds.check_range(
+                "max_batch_duration_secs", self.max_batch_duration_secs, 0, bounds.MAX_BATCH_DURATION_SECS, low_open=True
+            )
 
     def _check_models_and_steps(self) -> str:
         """Checks models, key routing and steps; returns the final kind of the inference."""
@@ -392,6 +419,7 @@ class InferenceSpec:
     def from_config(cls, config: Any) -> "InferenceSpec":
         """Builds a spec from a decoded configuration Row, naming any field that is off."""
         check_config_fields(config, RunInferenceConfig, RUN_INFERENCE_URN)
+        _check_counts(config)
         return cls(
             key_field=config.key_field,
             feature_fields=tuple(config.feature_fields or ()),
@@ -421,7 +449,7 @@ def check_config_fields(config: Any, config_type: type, urn: str) -> None:
     if missing or unknown:
         raise ValueError(
             f"configuration Row does not match {urn}: missing fields {missing}, "
-            f"unknown fields {unknown}; expected {sorted(expected)}"
+            f"unknown fields {shorten(unknown)}; expected {sorted(expected)}"
         )
 
 
@@ -473,40 +501,68 @@ def _describe(field_type: Any) -> str:
     return text + (" NULLABLE" if field_type.nullable else "")
 
 
-def _json_object(where: str, text: Optional[str]) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} must be a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a JSON object, got {text!r}")
-    return value
-
-
 def _require_name(field_name: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{field_name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{field_name} must be a non-empty string, got {shorten(value)}")
+
+
+def _check_counts(spec: Any) -> None:
+    """The lengths of the lists of a spec (an ``InferenceSpec`` or its wire form)."""
+    bounds.check_count("feature_fields", spec.feature_fields or (), bounds.MAX_FEATURE_FIELDS, "fields")
+    bounds.check_count("passthrough_fields", spec.passthrough_fields or (), bounds.MAX_PASSTHROUGH_FIELDS, "fields")
+    models = spec.models or ()
+    bounds.check_count("models", models, bounds.MAX_MODELS, "models")
+    keys = sum(len(m.keys or ()) for m in models)
+    if keys > bounds.MAX_KEYS:
+        raise ValueError(f"the models hold {keys} keys together; at most {bounds.MAX_KEYS} are allowed")
+    for stage in steps.STAGES:
+        bounds.check_count(stage, getattr(spec, stage) or (), bounds.MAX_STEPS, "steps")
+
+
+def _check_model_strings(where: str, model: Any) -> None:
+    """The lengths of a model's strings (a ``Model`` or its wire form), before they are read."""
+    bounds.check_length(f"{where}.uri", model.uri, bounds.MAX_URI_CHARS)
+    bounds.check_length(f"{where}.model_id", model.model_id, bounds.MAX_ID_CHARS)
+    for name in ("framework", "format", "output"):
+        bounds.check_length(f"{where}.{name}", getattr(model, name), bounds.MAX_NAME_CHARS)
+    bounds.check_length(f"{where}.sha256", model.sha256, bounds.MAX_SHA256_CHARS)
+    for i, key in enumerate(model.keys or ()):
+        bounds.check_length(f"{where}.keys[{i}]", key, bounds.MAX_ID_CHARS)
 
 
 def _require_choice(field_name: str, value: Any, allowed: typing.Iterable[str]) -> None:
     if value not in allowed:
-        raise ValueError(f"{field_name}={value!r} is not supported; allowed: {', '.join(allowed)}")
+        raise ValueError(f"{field_name}={shorten(value)} is not supported; allowed: {', '.join(allowed)}")
 
 
 def _require_number(field_name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{field_name} must be a number, got {value!r}")
+        raise ValueError(f"{field_name} must be a number, got {shorten(value)}")
 
 
-def _require_positive_int(field_name: str, value: Any) -> None:
+def _require_positive_int(field_name: str, value: Any, limit: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{field_name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{field_name} must be a positive integer, got {shorten(value)}")
+    if value is not None and value > limit:
+        raise ValueError(f"{field_name}={value} is out of range; allowed: 1 to {limit}")
 
 
-def _check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
+# A memory size as Beam's min_ram hint takes it: a number and a unit. Checked before Beam's own
+# parser, whose time grows with the square of the text's length.
+_MEMORY_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)? ?(?:[KMGTP]i?B|B)")
+MEMORY_UNITS = "B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB"
+
+
+def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
+    """Checks the ``min_ram`` and ``accelerator`` resource hints (bounded, shaped, then Beam's parse)."""
     from apache_beam.transforms import resources
 
     if min_ram is not None:
+        if not isinstance(min_ram, str) or len(min_ram) > bounds.MAX_MIN_RAM_CHARS or not _MEMORY_SIZE.fullmatch(min_ram):
+            raise ValueError(
+                f"min_ram={shorten(min_ram)} is not a memory size: use a number and a unit "
+                f"({MEMORY_UNITS}) in at most {bounds.MAX_MIN_RAM_CHARS} characters, e.g. '4GB' or '512MiB'"
+            )
         try:
             resources.MinRamHint.parse(min_ram)
         except (ValueError, TypeError) as e:
@@ -514,6 +570,7 @@ def _check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) ->
                 f"min_ram={min_ram!r} is not a memory size ({e}); use e.g. '4GB' or '512MiB'"
             ) from None
     if accelerator is not None:
+        bounds.check_length("accelerator", accelerator, bounds.MAX_ACCELERATOR_CHARS)
         _require_name("accelerator", accelerator)
         if not (accelerator.isascii() and accelerator.isprintable()):
             raise ValueError(

@@ -49,6 +49,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from inferbridge import bounds
+
 # Kinds of per-element inference values, and the Beam schema type each becomes.
 VECTOR = "vector"  # ARRAY<DOUBLE>
 NUMBER = "number"  # DOUBLE
@@ -90,7 +92,9 @@ def _check_number(param: Param, value: Any) -> float:
 
 def _check_positive_int(param: Param, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Invalid("a positive integer")
+        raise _Invalid(_DESCRIPTIONS["positive_int"])
+    if value > bounds.MAX_STEP_INT:
+        raise _Invalid(f"at most {bounds.MAX_STEP_INT}")
     return value
 
 
@@ -127,6 +131,8 @@ def _check_shape(param: Param, value: Any) -> list[int]:
         or list(value).count(-1) > 1
     ):
         raise _Invalid(_DESCRIPTIONS["shape"])
+    if len(value) > bounds.MAX_SHAPE_DIMS or max(value) > bounds.MAX_STEP_INT:
+        raise _Invalid(f"at most {bounds.MAX_SHAPE_DIMS} dimensions of at most {bounds.MAX_STEP_INT}")
     return list(value)
 
 
@@ -199,7 +205,7 @@ class Param:
             return _CHECKS[self.kind](self, value)
         except _Invalid as e:
             raise ValueError(
-                f"{stage} step {step!r}: parameter {self.name!r} must be {e}, got {value!r}"
+                f"{stage} step {step!r}: parameter {self.name!r} must be {e}, got {bounds.shorten(value)}"
             ) from None
 
 
@@ -376,6 +382,62 @@ def _cast(params: Mapping[str, Any]) -> Function:
     return lambda x: np.asarray(x).astype(dtype)
 
 
+class AllocationTooLarge(ValueError):
+    """A step would allocate more than ``bounds.MAX_STEP_ROW_BYTES`` for one example, or more
+    than ``bounds.MAX_STEP_BATCH_BYTES`` for one batch; raised before anything is allocated."""
+
+
+def _check_pad(params: Mapping[str, Any]) -> None:
+    longest = bounds.MAX_STEP_ROW_BYTES // bounds.VALUE_BYTES
+    if params["length"] > longest:
+        raise ValueError(
+            f"parameter 'length' must be at most {longest} (a padded example may take at most "
+            f"{bounds.MAX_STEP_ROW_BYTES} bytes of float64), got {params['length']}"
+        )
+
+
+def _padded_bytes(params: Mapping[str, Any], shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of the result of ``pad`` for one example of ``shape``; 0 when nothing is padded."""
+    if not shape or shape[-1] >= params["length"]:
+        return 0
+    return math.prod(shape[:-1]) * params["length"] * itemsize
+
+
+# Bytes one example's result takes, for the built-in steps whose result can be larger than their
+# input: checked before the result is made, per example and per batch.
+_RESULT_BYTES: dict[str, Callable[[Mapping[str, Any], tuple[int, ...], int], int]] = {"pad": _padded_bytes}
+
+
+def check_allocation(definition: StepDefinition, params: Mapping[str, Any], batch: Any) -> None:
+    """Refuses to run a step on ``batch`` (an array whose first axis holds the examples) when
+    its results would exceed the per-example or per-batch bound; nothing is allocated.
+
+    A composite that runs a per-example step over a batch row by row calls this first. Failing
+    a whole batch is fine: the composite halves it and retries, so only single examples over
+    the per-example bound end as failures.
+    """
+    result_bytes = _RESULT_BYTES.get(definition.name)
+    # Compared by value: a pipeline's definitions are copies (pickled to the workers).
+    if result_bytes is None or _BUILTINS.get(definition.name) != definition:
+        return
+    batch = np.asarray(batch)
+    _check_bytes(definition, len(batch), result_bytes(params, batch.shape[1:], batch.dtype.itemsize))
+
+
+def _check_bytes(definition: StepDefinition, rows: int, row_bytes: int) -> None:
+    where = f"{definition.stage} step {definition.name!r}"
+    if row_bytes > bounds.MAX_STEP_ROW_BYTES:
+        raise AllocationTooLarge(
+            f"{where} would make an example of {row_bytes} bytes; at most {bounds.MAX_STEP_ROW_BYTES} "
+            "bytes are allowed per example"
+        )
+    if rows * row_bytes > bounds.MAX_STEP_BATCH_BYTES:
+        raise AllocationTooLarge(
+            f"{where} would make {rows} examples of {row_bytes} bytes; at most "
+            f"{bounds.MAX_STEP_BATCH_BYTES} bytes are allowed per batch"
+        )
+
+
 def _pad(params: Mapping[str, Any]) -> Function:
     length, value = params["length"], params["value"]
 
@@ -384,6 +446,7 @@ def _pad(params: Mapping[str, Any]) -> Function:
         missing = length - x.shape[-1]
         if missing <= 0:
             return x
+        _check_bytes(_BUILTINS["pad"], 1, _padded_bytes(params, x.shape, x.dtype.itemsize))
         return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, missing)], constant_values=value)
 
     return pad
@@ -535,6 +598,7 @@ _BUILTINS: dict[str, StepDefinition] = {
             PREPROCESS,
             _pad,
             [Param("length", "positive_int"), Param("value", "number", required=False, default=0.0)],
+            validate=_check_pad,
         ),
         define("truncate", PREPROCESS, _truncate, [Param("length", "positive_int")]),
         define("argmax", POSTPROCESS, _argmax, (), VECTOR, INTEGER, batched=True),

@@ -64,6 +64,12 @@ public final class StreamingModelUpdate {
 
     void setTicks(int value);
 
+    @Description("How far ahead of the pipeline's construction the first tick is, in milliseconds")
+    @Default.Integer(5000)
+    int getStartDelayMillis();
+
+    void setStartDelayMillis(int value);
+
     @Description("Milliseconds between ticks")
     @Default.Integer(250)
     int getTickMillis();
@@ -109,7 +115,7 @@ public final class StreamingModelUpdate {
     Duration tick = Duration.millis(options.getTickMillis());
     Duration windowSize = tick.multipliedBy(options.getWindowTicks());
     // Start on a window boundary a few seconds ahead, so that every window holds whole ticks.
-    long now = Instant.now().plus(Duration.standardSeconds(5)).getMillis();
+    long now = Instant.now().plus(Duration.millis(options.getStartDelayMillis())).getMillis();
     Instant start = new Instant(now - now % windowSize.getMillis() + windowSize.getMillis());
     Instant last = start.plus(tick.multipliedBy(options.getTicks() - 1));
     Path windows = emptyDirectory(ExampleIo.output(options, "windows"));

@@ -1,0 +1,144 @@
+"""Expansions leave nothing behind: one past its deadline is stopped (its CPU use ends), and no
+expansion leaves a temporary directory.
+
+The service runs with --import/--allow-urn for the test transform of python/tests/slow_expansion.py
+(``burn=SECS`` keeps a CPU busy in pure Python while the transform is rebuilt) and with TMPDIR set
+to a directory of the test's own, so that everything it writes there can be counted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from attack_support import START_TIMEOUT_SECS, Service, assert_healthy, expand, expansion_request, launch, native_request, stop
+
+from inferbridge import Model, healthcheck
+from inferbridge.local_services import wait_until_serving
+
+TESTS_DIR = Path(__file__).resolve().parents[2] / "python" / "tests"
+sys.path.insert(0, str(TESTS_DIR))  # the test transform, imported here as in the service
+from slow_expansion import SLOW_URN  # noqa: E402
+
+TIMEOUT_SECS = 10  # long enough for a first expansion in a fresh process on a busy machine
+# Each health check, while an expansion burns a CPU and after, must answer within this (wall
+# time, on a busy machine; the service answers in milliseconds when it is not frozen).
+HEALTH_SECS = 5.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def leak_service(layout, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("leaks_tmpdir")
+    env = {"TMPDIR": str(tmp), "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    args = [
+        f"--trusted-model-root={layout.trusted}",
+        "--import=slow_expansion",
+        f"--allow-urn={SLOW_URN}",
+        f"--expansion-timeout-secs={TIMEOUT_SECS}",
+    ]
+    process, port, log_path = launch("leaks", layout.base / "logs", args, env)
+    service = Service("leaks", port, process, log_path)
+    try:
+        wait_until_serving(service.address, process, START_TIMEOUT_SECS)
+        yield service, tmp
+    finally:
+        stop(process)
+
+
+def _process_tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of ``root`` and every process descended from it, by pid."""
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def _healthy_within_bound(service: Service) -> None:
+    started = time.monotonic()
+    assert healthcheck.check(service.address, timeout_secs=HEALTH_SECS) == "SERVING"
+    assert time.monotonic() - started < HEALTH_SECS
+
+
+def _burn_request(secs: float):
+    return expansion_request(SLOW_URN, f"burn={secs}".encode())
+
+
+def test_an_expansion_past_its_deadline_is_stopped_and_its_cpu_use_ends(leak_service):
+    service, _ = leak_service
+    pid = service.process.pid
+    before = _process_tree_cpu(pid)
+    answer: dict = {}
+    caller = threading.Thread(target=lambda: answer.update(response=expand(service, _burn_request(600))))
+    caller.start()
+
+    # While it burns: the process tree gains CPU time (one process of it burns) and health
+    # checks answer.
+    burner, deadline = None, time.monotonic() + 60
+    while burner is None and caller.is_alive() and time.monotonic() < deadline:
+        _healthy_within_bound(service)
+        now = _process_tree_cpu(pid)
+        burner = next((p for p in now if p != pid and now[p] - before.get(p, 0.0) >= 0.5), None)
+    caller.join(timeout=120)
+    assert not caller.is_alive()
+    assert burner is not None, "no process of the service burned CPU for the expansion"
+    response = answer["response"]
+    assert f"did not finish within {TIMEOUT_SECS:.1f} s" in response.error and "it was stopped" in response.error
+
+    # After the answer: the burning process is gone, and the service's processes, together,
+    # stop gaining CPU time (a burning expansion would add a second per second).
+    deadline = time.monotonic() + 30
+    while burner in _process_tree_cpu(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert burner not in _process_tree_cpu(pid), "the expansion's process was not stopped"
+    # Its replacement starts meanwhile (an interpreter importing Beam): wait for a quiet 3 s.
+    gains, deadline = [], time.monotonic() + 120
+    while not gains or (gains[-1] >= 1.0 and time.monotonic() < deadline):
+        first, window_start = _process_tree_cpu(pid), time.monotonic()
+        while time.monotonic() - window_start < 3:
+            _healthy_within_bound(service)
+            time.sleep(0.2)
+        second = _process_tree_cpu(pid)
+        gains.append(sum(second[p] - first.get(p, 0.0) for p in second))
+    assert gains[-1] < 1.0, f"the service's processes kept using CPU: seconds per 3 s window: {gains}"
+    assert_healthy(service)
+    # And it still expands (a fresh process replaced the stopped one).
+    quick = expand(service, expansion_request(SLOW_URN, b"sleep=0"))
+    assert not quick.error, quick.error
+
+
+def test_expansions_leave_no_temporary_directories(leak_service, good_model):
+    service, tmp = leak_service
+    request = native_request(Model.sklearn(good_model))
+    for _ in range(10):
+        response = expand(service, request)
+        assert not response.error, response.error
+    timed_out = expand(service, _burn_request(600))
+    assert "did not finish within" in timed_out.error
+    assert not expand(service, request).error
+
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    assert not [p for p in left if "beam-pipeline-temp" in p], left
+    # What remains are the live expansion processes' own (empty) directories, one each at most:
+    # the stopped process's directory went with it.
+    assert all(p.startswith("inferbridge-expansion-") and "/" not in p for p in left), left
+    assert len(left) <= 2, left
+    assert_healthy(service)
