@@ -1,7 +1,7 @@
 """How many models does ``max_models_per_worker`` really keep loaded?
 
-Beam's hint is applied per DoFn instance that touches the shared model manager, so the real
-bound multiplies with the runner's worker threads. This script runs the composite with three
+The bound holds per worker process (one resident set, shared by the process's threads); threads
+serving different keys at once evict each other's models. This script runs the composite with three
 per-key models on the DirectRunner and prints the number of model loads for several bounds
 and worker counts (a load beyond the number of models means an eviction and a reload).
 

@@ -110,7 +110,7 @@ def test_logs_its_address_once_and_stops_cleanly_on_sigterm():
     port = free_port()
     process = _start_service("--port", str(port))
     try:
-        wait_until_serving(f"localhost:{port}", process, timeout_secs=60)
+        wait_until_serving(f"localhost:{port}", process, timeout_secs=180)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -82,7 +82,7 @@ def _serving(*args, env=None):
     port = free_port()
     process = _start("--port", str(port), *args, env=env)
     address = f"localhost:{port}"
-    wait_until_serving(address, process, timeout_secs=60)
+    wait_until_serving(address, process, timeout_secs=180)
     return process, address
 
 
@@ -298,7 +298,7 @@ def test_json_logs_carry_the_version_and_the_address():
 def test_flags_can_be_set_by_environment_variables():
     port = free_port()
     process = _start(env={"INFERBRIDGE_PORT": str(port), "INFERBRIDGE_LOG_FORMAT": "json"})
-    wait_until_serving(f"localhost:{port}", process, timeout_secs=60)
+    wait_until_serving(f"localhost:{port}", process, timeout_secs=180)
     output = _stop(process)
     assert f"listening on 127.0.0.1:{port}" in output
     assert output.lstrip().startswith("{") or '{"time"' in output

@@ -59,7 +59,7 @@ def wait_until_serving(
 def expansion_service(
     port: int = 0,
     log_level: str = "WARNING",
-    timeout_secs: float = 60,
+    timeout_secs: float = 180,
     service_args: Sequence[str] = (),
     tls_ca_file: Optional[str] = None,
 ) -> Iterator[str]:

@@ -51,7 +51,7 @@ public final class PythonEnvironment implements Serializable {
    */
   public static final String PYTHON_ENV = "INFERBRIDGE_PYTHON";
 
-  static final Duration DEFAULT_STARTUP_TIMEOUT = Duration.standardSeconds(60);
+  static final Duration DEFAULT_STARTUP_TIMEOUT = Duration.standardSeconds(180);
 
   private final String python;
   private final String virtualenv;
@@ -150,7 +150,7 @@ public final class PythonEnvironment implements Serializable {
         values("withAllowedModelClasses()", modulePrefixes), startupTimeout);
   }
 
-  /** How long the service may take to start listening; default 60 s. */
+  /** How long the service may take to start listening; default 180 s. */
   public PythonEnvironment withStartupTimeout(Duration timeout) {
     if (timeout == null || timeout.getMillis() <= 0) {
       throw new IllegalArgumentException(

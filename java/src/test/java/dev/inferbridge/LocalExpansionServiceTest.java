@@ -151,7 +151,7 @@ public class LocalExpansionServiceTest {
     assertNotEquals(a, a.withTrustedModelRoots("/n"));
     assertEquals(Arrays.asList("/n"), a.withTrustedModelRoots("/n").getTrustedModelRoots()); // replaces
     assertEquals(Arrays.asList("/m"), a.getTrustedModelRoots()); // unchanged
-    assertEquals(Duration.standardSeconds(60), a.getStartupTimeout());
+    assertEquals(Duration.standardSeconds(180), a.getStartupTimeout());
   }
 
   @Test
