@@ -577,21 +577,9 @@ class _IsolatingHandler(ModelHandler):
                 raise _StageError("postprocess", name, e) from e
         return model_inputs, outputs
 
-    # Delegation to the framework handler.
-    def get_num_bytes(self, batch: Sequence[_Example]) -> int:
-        return sum(ex.features.nbytes for ex in batch)
-
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        """The spec's batching, which the handler serving every model applies."""
         return self._batching
-
-    def share_model_across_processes(self) -> bool:
-        return self._inner.share_model_across_processes()
-
-    def model_copies(self) -> int:
-        return self._inner.model_copies()
-
-    def get_metrics_namespace(self) -> str:
-        return self._namespace
 
 
 def _same_length(values: Any, expected: int) -> Any:
