@@ -16,7 +16,6 @@ Packed block Rows (the wire layout, written by Java):
 from __future__ import annotations
 
 import pickle
-import json
 import time
 import typing
 from typing import Any, Iterable, Optional, Sequence
@@ -24,7 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.transforms import window
 from apache_beam.typehints.row_type import RowTypeConstraint
@@ -36,6 +35,7 @@ from inferbridge.inference import (
     FAILURES_TAG,
     Inference,
     InferenceResult,
+    _AllModels,
     _check_model_exists,
     _describe_element,
     _Failed,
@@ -640,8 +640,7 @@ class _BlockHandler(_IsolatingHandler):
         return outputs
 
 
-
-class _BlockModels(ModelHandler):
+class _BlockModels(_AllModels):
     """Every model of the spec behind one Beam handler: blocks are routed inside it.
 
     As in the row path (``inference._KeyedModels``), the worker's models live in one
@@ -650,21 +649,11 @@ class _BlockModels(ModelHandler):
     JSON object {model_id: uri} of every model.
     """
 
+    model_handler = _BlockHandler
+
     def __init__(self, spec: InferenceSpec, policy: LoadPolicy) -> None:
-        super().__init__()
-        self._handlers = {m.id: _BlockHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
+        super().__init__(spec, policy)
         self._ids = [m.id for m in spec.models]
-        self._limit = spec.max_models_per_worker
-        self._namespace = spec.metrics_namespace
-        self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
-
-    def load_model(self) -> _ResidentModels:
-        return _ResidentModels(self._handlers, self._limit, self._namespace)
-
-    def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path:
-            for model_id, uri in json.loads(model_path).items():
-                self._handlers[model_id].update_model_path(uri)
 
     def run_inference(self, batch: Sequence[_Block], models: _ResidentModels, inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
         """One model call per model and feature width over the whole batch of blocks."""
@@ -709,12 +698,6 @@ class _BlockModels(ModelHandler):
 
     def get_num_bytes(self, batch: Sequence[_Block]) -> int:
         return sum(block.features.nbytes for block in batch)
-
-    def batch_elements_kwargs(self) -> typing.Mapping[str, Any]:
-        return self._batching
-
-    def get_metrics_namespace(self) -> str:
-        return self._namespace
 
 
 def _batch_function(definition: steps.StepDefinition, params: dict) -> Any:

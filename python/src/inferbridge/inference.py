@@ -632,17 +632,19 @@ class _ResidentModels:
             return model
 
 
-class _KeyedModels(ModelHandler):
-    """Every model of the spec behind one Beam handler; elements (model_id, example) are routed
-    inside it to the model's ``_IsolatingHandler``.
+class _AllModels(ModelHandler):
+    """Every model of the spec behind one Beam handler, the models routed inside it.
 
     The worker's models live in one ``_ResidentModels`` (at most ``max_models_per_worker``).
     Refresh: an update is the JSON object {model_id: uri} of every model, and replaces the set.
+    Subclasses say which per-model handler serves a model (``model_handler``) and run batches.
     """
+
+    model_handler: Callable[..., "_IsolatingHandler"]
 
     def __init__(self, spec: InferenceSpec, policy: LoadPolicy) -> None:
         super().__init__()
-        self._handlers = {m.id: _IsolatingHandler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
+        self._handlers = {m.id: self.model_handler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
         self._limit = spec.max_models_per_worker
         self._namespace = spec.metrics_namespace
         self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
@@ -654,6 +656,18 @@ class _KeyedModels(ModelHandler):
         if model_path:
             for model_id, uri in json.loads(model_path).items():
                 self._handlers[model_id].update_model_path(uri)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batching
+
+    def get_metrics_namespace(self) -> str:
+        return self._namespace
+
+
+class _KeyedModels(_AllModels):
+    """Elements (model_id, example), each batch routed to the models' ``_IsolatingHandler``."""
+
+    model_handler = _IsolatingHandler
 
     def run_inference(
         self, batch: Sequence[tuple[str, _Example]], models: _ResidentModels, inference_args: Optional[dict] = None
@@ -669,12 +683,6 @@ class _KeyedModels(ModelHandler):
 
     def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
         return sum(ex.features.nbytes for _, ex in batch)
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return self._batching
-
-    def get_metrics_namespace(self) -> str:
-        return self._namespace
 
 
 # --- Model refresh ------------------------------------------------------------------------------
