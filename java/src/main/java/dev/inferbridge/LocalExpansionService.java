@@ -38,7 +38,7 @@ final class LocalExpansionService {
   private static final Logger LOG = LoggerFactory.getLogger(LocalExpansionService.class);
 
   static final int KEPT_LINES = 50;
-  static final long STOP_GRACE_SECS = 10;
+  static final long STOP_GRACE_SECS = 60;
 
   /** The line the service logs once it listens: {@code ... listening on 127.0.0.1:PORT; serving ...}. */
   private static final Pattern LISTENING = Pattern.compile("listening on (\\S+):(\\d+)(;|\\s|$)");
