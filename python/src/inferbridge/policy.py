@@ -7,7 +7,9 @@ only from *model roots* (when any are set), and lets a PyTorch ``state_dict`` na
 classes under allowed module prefixes (importing a module runs its code).
 
 A path is checked before anything is opened, and a local file again by the descriptor it was
-opened with (``inferbridge.model_files``). The expansion service reads the policy from the environment (``LoadPolicy.from_env``) or from
+opened with (``inferbridge.model_files``).
+
+The expansion service reads the policy from the environment (``LoadPolicy.from_env``) or from
 its flags; a Python pipeline that runs its own code anyway may use ``LoadPolicy.unrestricted()``.
 """
 
