@@ -24,17 +24,13 @@ from pathlib import Path
 
 import bench_models
 
+from inferbridge.local_services import free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent
 BLOCK_SIZE = 1000
 MAX_MODELS = 2  # keyed-bounded, as in python_systems.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 120) -> None:

@@ -160,7 +160,7 @@ def test_every_bad_row_becomes_one_failure_and_the_rest_are_served(model_files, 
         ("input", "-", "BlockInference takes pyarrow RecordBatch or Table elements"),
         ("input", "-", "key_field 'id' is null"),
         ("input", "22", "feature field 'pixels' is null"),
-        ("input", "23", "feature field 'pixels' holds a null value"),
+        ("input", "23", "feature field 'pixels' holds a null at position 63"),
         ("input", "30", "the block has no column 'pixels'"),
         ("input", "31", "the block has no column 'pixels'"),
     ]

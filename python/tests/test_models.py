@@ -1,4 +1,5 @@
-"""Model loading (inferbridge.models) and the load policy (inferbridge.policy).
+"""Model checks (inferbridge.model_checks), frameworks and loading (inferbridge.frameworks,
+inferbridge.models), and the load policy (inferbridge.policy).
 
 Every model is real and tiny, trained here: scikit-learn's LogisticRegression and a small
 PyTorch MLP on scikit-learn's bundled digits, and ONNX exports of both. Predictions are compared
@@ -28,7 +29,7 @@ from sklearn.preprocessing import FunctionTransformer
 import tiny_torch
 from tiny_torch import TinyNet
 
-from inferbridge import models, steps
+from inferbridge import frameworks, model_checks, models, steps
 from inferbridge.policy import (
     ALLOWED_CLASSES_ENV,
     ANY,
@@ -156,7 +157,7 @@ def _onnx(uri, output="vector", **options):
     return Model(uri=uri, framework="onnx", format="onnx", output=output, options=options)
 
 
-# validate()
+# check_model()
 
 
 @pytest.mark.parametrize(
@@ -171,17 +172,17 @@ def _onnx(uri, output="vector", **options):
                options={"model_file_type": "joblib"}), steps.NUMBER),
     ],
 )
-def test_validate_returns_the_kind_of_one_result(model, kind):
-    assert models.validate(model, "models[0]") == kind
+def test_check_model_returns_the_kind_of_one_result(model, kind):
+    assert model_checks.check_model(model, "models[0]") == kind
 
 
-def test_validate_imports_no_framework(monkeypatch):
+def test_check_model_imports_no_framework(monkeypatch):
     # A None entry in sys.modules makes any import of that module fail.
     for name in ("torch", "onnxruntime", "onnx", "skops", "skops.io"):
         monkeypatch.setitem(sys.modules, name, None)
-    assert models.validate(_net("m.pt"), "m") == steps.VECTOR
-    assert models.validate(_onnx("m.onnx"), "m") == steps.VECTOR
-    assert models.validate(_sklearn("m.skops", "skops"), "m") == steps.NUMBER
+    assert model_checks.check_model(_net("m.pt"), "m") == steps.VECTOR
+    assert model_checks.check_model(_onnx("m.onnx"), "m") == steps.VECTOR
+    assert model_checks.check_model(_sklearn("m.skops", "skops"), "m") == steps.NUMBER
 
 
 @pytest.mark.parametrize(
@@ -225,19 +226,19 @@ def test_validate_imports_no_framework(monkeypatch):
          "models[1].options.model_file_type='skops' is not supported; allowed: pickle, joblib"),
     ],
 )
-def test_validate_errors_name_the_field_the_value_and_what_is_allowed(model, message):
+def test_check_model_errors_name_the_field_the_value_and_what_is_allowed(model, message):
     with pytest.raises(ValueError) as raised:
-        models.validate(model, "models[1]")
+        model_checks.check_model(model, "models[1]")
     assert str(raised.value).startswith(message), str(raised.value)
 
 
-def test_validate_names_the_package_of_a_missing_handler_library(monkeypatch):
+def test_check_model_names_the_package_of_a_missing_handler_library(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     monkeypatch.delitem(sys.modules, "apache_beam.ml.inference.tensorflow_inference", raising=False)
     model = Model(uri="/m/saved", framework="handler", format="tensorflow_numpy", output="vector")
     with pytest.raises(ValueError, match=r"models\[0\].format='tensorflow_numpy' needs the Python "
                        r"package 'tensorflow'.*pip install tensorflow"):
-        models.validate(model, "models[0]")
+        model_checks.check_model(model, "models[0]")
 
 
 def test_a_missing_framework_library_fails_at_construction_naming_its_package(monkeypatch, sk_files):
@@ -419,7 +420,7 @@ def test_xgboost_model_class_comes_from_an_allowlist(boosters):
         models.handler_for(_booster(boosters["a"][1], "os.system"), LoadPolicy())
     missing = Model(uri=boosters["a"][1], framework="handler", format="xgboost_numpy", output="number")
     with pytest.raises(ValueError, match=r"model.options.model_class is required for handler 'xgboost_numpy'"):
-        models.validate(missing, "model")
+        model_checks.check_model(missing, "model")
 
 
 # Model refresh: update_model_path, then load_model loads the new file.
@@ -500,9 +501,9 @@ def test_formats_that_run_code_are_classified():
         Model(uri="m", framework="handler", format="sklearn_numpy"),
         Model(uri="m", framework="handler", format="tensorflow_numpy"),
         Model(uri="m", framework="handler", format="unknown"),
-    ] if models.runs_code_on_load(m)]
+    ] if frameworks.runs_code_on_load(m)]
     assert len(running) == 6
-    assert not any(models.runs_code_on_load(m) for m in [
+    assert not any(frameworks.runs_code_on_load(m) for m in [
         _sklearn("m", "skops"), _net("m"), _onnx("m"), _booster("m"),
     ])
 
@@ -687,4 +688,4 @@ def test_catalog_matches_the_golden_file_java_checks():
     from pathlib import Path
 
     golden = Path(__file__).resolve().parents[2] / "tests" / "golden" / "models_v1.json"
-    assert json.loads(golden.read_text()) == models.catalog_description()
+    assert json.loads(golden.read_text()) == frameworks.catalog_description()

@@ -1,13 +1,14 @@
 """The inference spec: validation, wire form, and the golden schema shared with Java."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from apache_beam.coders import RowCoder
 from apache_beam.typehints import schemas
 
-from inferbridge import InferenceSpec, Model, Step
-from inferbridge.spec import RunInferenceConfig, schema_description
+from inferbridge import InferenceSpec, Model, Step, compat
+from inferbridge.spec import OPTIONS, RunInferenceConfig, schema_description
 
 GOLDEN = Path(__file__).resolve().parents[2] / "tests" / "golden" / "run_inference_v1.schema"
 
@@ -48,6 +49,23 @@ def test_config_round_trips_through_the_row_coder():
     coder = RowCoder(schemas.named_tuple_to_schema(RunInferenceConfig))
     decoded = coder.decode(coder.encode(original.to_config()))
     assert InferenceSpec.from_config(decoded) == original
+
+
+def test_the_wire_form_and_the_stock_translation_derive_from_the_spec_fields():
+    assert list(RunInferenceConfig._fields) == [f.name for f, _ in OPTIONS]
+    assert {f.name for f, _ in OPTIONS} == {f.name for f in dataclasses.fields(InferenceSpec) if f.init}
+    # A stock request with only the required options gives the defaults of every other one.
+    required = spec().to_config()
+    kwargs = {name: getattr(required, name) for name in compat.INFERENCE_REQUIRED}
+    assert compat.inference_config(kwargs) == required
+    assert compat.INFERENCE_REQUIRED == ("key_field", "feature_fields", "models")
+
+
+def test_options_are_keyword_only_after_the_essentials():
+    model = Model.sklearn("/m.pkl")
+    assert InferenceSpec("id", "pixels", model) == spec()
+    with pytest.raises(TypeError):
+        InferenceSpec("id", "pixels", model, ())
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from digits_support import run_python_pipeline, sklearn_predictions
+
+from inferbridge.local_services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,12 +52,6 @@ def running(image: str, *command: str, env: dict[str, str], volumes: dict[Path, 
         stdout, stderr = container.get_logs()
         print(f"--- logs of {image} {' '.join(command)}\n{stdout.decode()}{stderr.decode()}")
         container.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def logs(container) -> str:

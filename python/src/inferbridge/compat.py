@@ -26,7 +26,7 @@ import dataclasses
 import inspect
 import json
 import uuid
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from apache_beam.coders import RowCoder
 from apache_beam.portability.api import beam_expansion_api_pb2, external_transforms_pb2, schema_pb2
@@ -37,6 +37,7 @@ from inferbridge import bounds
 from inferbridge.bounds import shorten
 from inferbridge.evaluate import EVALUATE_URN, Evaluate, EvaluateConfig
 from inferbridge.spec import (
+    OPTIONS,
     RUN_INFERENCE_URN,
     InferenceSpec,
     Model,
@@ -56,7 +57,8 @@ CODE_LOGICAL_TYPES = {
 PAYLOAD_FIELDS = ("constructor", "args", "kwargs")
 ALLOWED_FIELD_TYPES = "STRING, BOOLEAN, BYTE, INT16, INT32, INT64, FLOAT, DOUBLE, BYTES, and ARRAY, ITERABLE, MAP and ROW of these"
 
-INFERENCE_REQUIRED = ("key_field", "feature_fields", "models")
+# The options of InferenceSpec without a default.
+INFERENCE_REQUIRED = tuple(f.name for f, _ in OPTIONS if f.default is dataclasses.MISSING)
 EVALUATE_REQUIRED = ("label_field",)
 MODEL_REQUIRED = ("uri",)
 STEP_REQUIRED = ("name",)
@@ -347,28 +349,43 @@ def _step_configs(where: str, value: Any) -> list[StepConfig]:
     return steps
 
 
+def _model_configs(where: str, value: Any) -> list[ModelConfig]:
+    return [_model_config(f"{where}[{i}]", m) for i, m in enumerate(_rows(where, value))]
+
+
+# How a keyword argument of each wire type of the InferenceSpec options is read.
+_READERS: dict[Any, Callable[[str, Any], Any]] = {
+    str: _string,
+    Optional[str]: _optional_string,
+    Sequence[str]: _strings,
+    int: _integer,
+    Optional[int]: _integer,
+    float: _number,
+    Optional[float]: _number,
+    Sequence[ModelConfig]: _model_configs,
+    Sequence[StepConfig]: _step_configs,
+}
+
+
+def _reader(name: str, wire_type: Any) -> Callable[[str, Any], Any]:
+    if wire_type not in _READERS:
+        raise TypeError(
+            f"InferenceSpec option {name!r} has the wire type {wire_type!r}, which stock requests "
+            f"cannot carry; wire types read here: {', '.join(map(repr, _READERS))}"
+        )
+    return _READERS[wire_type]
+
+
+# Checked at import: every option of InferenceSpec can be read from a stock request.
+_INFERENCE_READERS = {f.name: _reader(f.name, wire.type) for f, wire in OPTIONS}
+
+
 def inference_config(kwargs: Mapping[str, Any]) -> RunInferenceConfig:
     """``RunInferenceConfig`` from keyword arguments; omitted or null fields take the defaults of
     ``InferenceSpec`` (of ``Model`` for model rows)."""
     _check_names("kwargs", kwargs, RunInferenceConfig._fields, INFERENCE_REQUIRED)
-    v = {name: _default(name, kwargs.get(name)) for name in RunInferenceConfig._fields}
     return RunInferenceConfig(
-        key_field=_string("key_field", v["key_field"]),
-        feature_fields=_strings("feature_fields", v["feature_fields"]),
-        passthrough_fields=_strings("passthrough_fields", v["passthrough_fields"]),
-        models=[_model_config(f"models[{i}]", m) for i, m in enumerate(_rows("models", v["models"]))],
-        preprocess=_step_configs("preprocess", v["preprocess"]),
-        postprocess=_step_configs("postprocess", v["postprocess"]),
-        min_batch_size=_integer("min_batch_size", v["min_batch_size"]),
-        max_batch_size=_integer("max_batch_size", v["max_batch_size"]),
-        max_batch_duration_secs=_number("max_batch_duration_secs", v["max_batch_duration_secs"]),
-        variable_length=_string("variable_length", v["variable_length"]),
-        pad_value=_number("pad_value", v["pad_value"]),
-        max_models_per_worker=_integer("max_models_per_worker", v["max_models_per_worker"]),
-        watch_interval_secs=_number("watch_interval_secs", v["watch_interval_secs"]),
-        min_ram=_optional_string("min_ram", v["min_ram"]),
-        accelerator=_optional_string("accelerator", v["accelerator"]),
-        metrics_namespace=_string("metrics_namespace", v["metrics_namespace"]),
+        **{name: read(name, _default(name, kwargs.get(name))) for name, read in _INFERENCE_READERS.items()}
     )
 
 

@@ -57,7 +57,7 @@ from apache_beam.utils import thread_pool_executor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 # Importing the composites registers their URNs with Beam.
-from inferbridge import blocks, compat, evaluate, inference, spec
+from inferbridge import blocks, compat, evaluate, inference, spec  # noqa: F401
 from inferbridge.compat import Refusal
 from inferbridge.policy import LoadPolicy
 from inferbridge.request_checks import (

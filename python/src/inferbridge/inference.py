@@ -6,32 +6,37 @@ stage that failed (input, routing, preprocess, inference, postprocess, output) a
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
-import threading
-import time
 import typing
-import uuid
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.coders import RowCoder
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (
-    ModelHandler,
-    ModelMetadata,
-    PredictionResult,
-    RunInference,
-)
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.portability.api import external_transforms_pb2
-from apache_beam.transforms import trigger, window
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints.row_type import RowTypeConstraint
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
-from inferbridge import model_files, models, steps
-from inferbridge.policy import LoadPolicy, OutsideRoots
+from inferbridge import model_files, steps
+from inferbridge.engine import (
+    FAILURE_ROW,
+    FAILURES_TAG,
+    BlockModels,
+    Failed,
+    batch_function,
+    default_batch_rows,
+    describe_element,
+    failure_row,
+    numeric_array,
+    unmapped_key,
+)
+from inferbridge.layouts import INFERENCE_FIELDS, Block, Columns, RowLayout, take, value
+from inferbridge.model_slots import model_metadata
+from inferbridge.policy import LoadPolicy
 from inferbridge.spec import (
     RUN_INFERENCE_URN,
     InferenceSpec,
@@ -46,31 +51,8 @@ _LOGGER = logging.getLogger("inferbridge.inference")
 # Input tags when the composite gets model updates as a second input (cross-language).
 ROWS_TAG = "rows"
 MODEL_UPDATES_TAG = "model_updates"
-FAILURES_TAG = "failures"
-
-# Per kind of inference value: the Beam type of the ``inference`` field, and the conversion to it.
-_INFERENCE_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
-    steps.VECTOR: (typing.Sequence[float], lambda v: [float(x) for x in np.ravel(v)]),
-    steps.NUMBER: (float, float),
-    steps.INTEGER: (int, int),
-    steps.LABEL: (str, lambda v: v if isinstance(v, str) else str(v)),
-    steps.MAP: (typing.Mapping[str, float], lambda v: {str(k): float(x) for k, x in dict(v).items()}),
-    steps.ANY: (typing.Any, lambda v: v),
-}
 _KEY_TYPES = (str, int, np.int64, np.int32, np.int16, np.int8)
 _NON_NUMERIC_TYPES = (str, bytes, bool)
-
-FAILURE_ROW = RowTypeConstraint.from_fields(
-    [
-        ("stage", str),
-        ("step", typing.Optional[str]),
-        ("error_type", str),
-        ("message", str),
-        ("element", str),
-        ("key", typing.Optional[str]),
-        ("model_id", typing.Optional[str]),
-    ]
-)
 
 _load_policy: Optional[LoadPolicy] = None
 
@@ -96,7 +78,7 @@ def output_row_type(
         [
             ("key", key_type),
             ("example", typing.Sequence[float]),
-            ("inference", _INFERENCE_FIELDS[spec.inference_kind][0]),
+            ("inference", INFERENCE_FIELDS[spec.inference_kind][0]),
             ("model_id", str),
             *passthrough,
         ]
@@ -169,31 +151,37 @@ class Inference(beam.PTransform):
 
     def expand(self, inputs: Any) -> InferenceResult:
         spec = self._spec
-        rows, updates = self._split_inputs(inputs)
-        key_type, passthrough = _check_input_schema(spec, rows.element_type)
+        elements, updates = self._split_inputs(inputs)
+        layout, output_type = self._layout(elements.element_type)
         policy = self._policy or _load_policy or LoadPolicy.from_env()
-        # Building the handlers checks each model against the policy, before its file is looked at.
-        handler = _KeyedModels(spec, policy)
+        # Building the handler checks each model against the policy, before its file is looked at.
+        handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs)
         for i, model in enumerate(spec.models):
             _check_model_exists(f"models[{i}]", model)
 
-        prepared = rows | "Prepare" >> beam.ParDo(
-            _Prepare(spec, convert_key=key_type is str)
-        ).with_outputs(FAILURES_TAG, main="examples")
-        run = run_inference(spec, handler, _model_metadata(spec, updates))
+        prepared = elements | "Prepare" >> beam.ParDo(_Prepare(spec, layout)).with_output_types(
+            Block
+        ).with_outputs(FAILURES_TAG, main="blocks")
+        run = run_inference(spec, handler, model_metadata(spec, updates)).with_output_types(Block)
+        finish = beam.ParDo(_Finish(spec, layout))
+        if output_type is not None:
+            finish = finish.with_output_types(output_type)
         finished = (
-            prepared.examples
+            prepared.blocks
             | "RunInference" >> run
-            | "Finish" >> beam.ParDo(_Finish(spec)).with_outputs(FAILURES_TAG, main="inferences")
+            | "Finish" >> finish.with_outputs(FAILURES_TAG, main="inferences")
         )
-        inferences = finished.inferences | "TypeInferences" >> beam.Map(lambda r: r).with_output_types(
-            output_row_type(spec, key_type, passthrough)
-        )
+        inferences = finished.inferences
         failures = (
-            (prepared[FAILURES_TAG], finished[FAILURES_TAG])
-            | "Failures" >> beam.Flatten()
+            (prepared[FAILURES_TAG], finished[FAILURES_TAG]) | "Failures" >> beam.Flatten()
         ) | "TypeFailures" >> beam.Map(lambda r: r).with_output_types(FAILURE_ROW)
         return InferenceResult(inferences, failures)
+
+    def _layout(self, element_type: Any) -> tuple[Any, Any]:
+        """How elements become blocks, and the type of the output elements."""
+        key_type, passthrough = _check_input_schema(self._spec, element_type)
+        layout = RowLayout(self._spec, convert_key=key_type is str)
+        return layout, output_row_type(self._spec, key_type, passthrough)
 
     def _split_inputs(self, inputs: Any) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
         if isinstance(inputs, dict):
@@ -230,616 +218,212 @@ def run_inference(spec: InferenceSpec, handler: ModelHandler, metadata: Optional
     return run.with_resource_hints(**hints) if hints else run
 
 
-# --- Stage 1: input rows -> (model_id, example) -------------------------------------------------
-
-
-class _Example:
-    """An element on its way through the model: its key, passthrough values, features, source."""
-
-    __slots__ = ("key", "key_text", "passthrough", "features", "row", "timestamp")
-
-    def __init__(self, key, key_text: str, passthrough: dict, features: np.ndarray, row, timestamp):
-        self.key, self.key_text, self.passthrough, self.features, self.row, self.timestamp = (
-            key, key_text, passthrough, features, row, timestamp
-        )
-
-
-class _Failed(NamedTuple):
-    """Why an example got no inference; becomes a failure Row."""
-
-    stage: str
-    step: Optional[str]
-    error: BaseException
+# --- Stage 1: elements -> blocks of rows, by model and shape --------------------------------------
 
 
 class _Prepare(beam.DoFn):
-    """Extracts key and features, routes the row to a model, and runs per-element preprocessing."""
+    """Reads elements into blocks (gathering Rows of a bundle, per window), fails the rows it
+    cannot read or route, and splits the rest by feature shape. With ``variable_length="pad"``
+    the preprocess steps run here, per row, and the rows are padded after them."""
 
-    def __init__(self, spec: InferenceSpec, convert_key: bool) -> None:
+    def __init__(self, spec: InferenceSpec, layout: Any) -> None:
         self._spec = spec
-        self._convert_key = convert_key
-        element_steps, _ = _split_preprocess(spec)
-        self._step_specs = element_steps
+        self._layout = layout
+        self._single = len(spec.models) == 1 and not spec.models[0].keys
+        self._index = {m.id: i for i, m in enumerate(spec.models)}
+        self._block_rows = spec.max_batch_size or default_batch_rows(spec)
+        self._pads = spec.variable_length == "pad"
+        self._pad_steps = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess] if self._pads else []
 
     def setup(self) -> None:
-        self._steps = _build(steps.PREPROCESS, self._step_specs)
         ns = self._spec.metrics_namespace
         self._rows_in = Metrics.counter(ns, "rows_in")
         self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("input", "routing", "preprocess")}
+        self._steps = [(name, batch_function(d, p)) for name, d, p in self._pad_steps]
+        self._routes: dict[Any, int] = {}
 
-    def process(self, row: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable[Any]:
-        self._rows_in.inc()
-        spec = self._spec
-        key = None
+    def start_bundle(self) -> None:
+        # Rows and their timestamps (microseconds) per windows, until a block is full.
+        self._pending: dict[tuple, tuple[list, list]] = {}
+        self._windows: Optional[tuple] = None
+
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterable[Any]:
+        # The whole WindowedValue, not TimestampParam/WindowParam: Beam would rebuild the
+        # arguments of every call for those.
+        if not self._layout.gathers:
+            for part in self._layout.split(element):
+                yield from self._blocks(part, lambda: self._layout.read(part), 1, None, windowed.timestamp, windowed.windows)
+            return
+        windows = windowed.windows
+        if windows is not self._windows:  # most rows share the windows of the one before
+            self._rows, self._micros = self._pending.setdefault(tuple(windows), ([], []))
+            self._windows = windows
+        self._rows.append(element)
+        self._micros.append(windowed.timestamp_micros)
+        if len(self._rows) >= self._block_rows:
+            windows = tuple(windows)
+            rows, micros = self._pending.pop(windows)
+            self._windows = None
+            yield from self._gathered(rows, micros, windows)
+
+    def finish_bundle(self) -> Iterable[Any]:
+        pending, self._pending, self._windows = self._pending, {}, None
+        for windows, (rows, micros) in pending.items():
+            yield from self._gathered(rows, micros, windows)
+
+    def _gathered(self, rows: list, micros: list, windows: tuple) -> Iterable[Any]:
+        # A block holds rows of the same windows; its own timestamp is its earliest row's.
+        earliest, latest = min(micros), max(micros)
+        timestamps = None if earliest == latest else np.asarray(micros, dtype=np.int64)
+        yield from self._blocks(
+            rows, lambda: self._layout.read(rows), len(rows), timestamps, Timestamp(micros=earliest), windows
+        )
+
+    def _blocks(self, element: Any, read, count: int, timestamps: Any, timestamp: Timestamp, window: tuple) -> Iterable[Any]:
         try:
-            key = getattr(row, spec.key_field)
-            if key is None:
-                raise ValueError(f"key_field {spec.key_field!r} is null")
-            key_text = str(key)
-            features = _features(row, spec.feature_fields)
-            passthrough = {name: getattr(row, name) for name in spec.passthrough_fields}
-        except Exception as e:  # noqa: BLE001 - any bad row becomes a failure Row
-            yield self._failure("input", None, e, row, key)
+            columns = read()
+        except Exception as e:  # noqa: BLE001 - not a block at all: one failure for the element
+            self._rows_in.inc(count)
+            self._failed["input"].inc()
+            row = failure_row("input", None, e, describe_element(element), None, None)
+            yield beam.pvalue.TaggedOutput(FAILURES_TAG, WindowedValue(row, timestamp, window))
             return
-        model = spec.model_for_key(key_text)
-        if model is None:
-            mapped = sorted(k for m in spec.models for k in m.keys)
-            error = LookupError(
-                f"no model serves key {key_text!r} and no default model is configured; mapped "
-                f"keys: {', '.join(mapped[:20])}{' ...' if len(mapped) > 20 else ''}"
+        columns.timestamps = timestamps
+        self._rows_in.inc(columns.size)
+        describe, keys = columns.describe, columns.keys
+        for i, error in sorted(columns.bad.items()):
+            key = None if keys is None else value(keys, i)
+            yield self._failure("input", None, error, describe(i), key, columns, i, timestamp, window)
+        groups = self._padded(columns, timestamp, window) if self._pads else columns.groups
+        if self._pads:
+            groups, failures = groups
+            yield from failures
+        for positions, matrix in groups:
+            route = self._route(keys, positions)
+            if route is not None and (route < 0).any():
+                for i in positions[route < 0].tolist():
+                    key = str(value(keys, i))
+                    yield self._failure(
+                        "routing", None, unmapped_key(self._spec, key), describe(i), key, columns, i, timestamp, window,
+                        error_type="UnmappedKey",
+                    )
+                served = route >= 0
+                positions, matrix, route = positions[served], matrix[served], route[served]
+                if not len(positions):
+                    continue
+            # Every row, in order: no copies.
+            whole = len(positions) == columns.size and bool((np.diff(positions) > 0).all())
+            block = Block(
+                keys if whole else take(keys, positions),
+                matrix,
+                route,
+                columns.passthrough if whole else {n: take(c, positions) for n, c in columns.passthrough.items()},
+                describe,
+                positions,
+                timestamp,
+                None if columns.timestamps is None else take(columns.timestamps, positions),
             )
-            yield self._failure("routing", None, error, row, key_text, error_type="UnmappedKey")
-            return
-        for name, step in self._steps:
-            try:
-                features = _numeric_array(step(features))
-            except Exception as e:  # noqa: BLE001
-                yield self._failure("preprocess", name, e, row, key_text, model.id)
-                return
-        out_key = key_text if self._convert_key else key
-        yield model.id, _Example(out_key, key_text, passthrough, features, row, timestamp)
+            yield WindowedValue(block, timestamp, window)
 
-    def _failure(self, stage, step, error, row, key, model_id=None, error_type=None):
+    def _padded(self, columns: Columns, timestamp: Any, window: Any) -> tuple[list, list]:
+        """The rows after the preprocess steps, padded to the longest last axis (per leading shape)."""
+        failures = []
+        by_lead: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for positions, matrix in columns.groups:
+            for i, x in zip(positions.tolist(), matrix):
+                for name, step in self._steps:
+                    try:
+                        x = numeric_array(step(x[None, ...]))[0]
+                    except Exception as e:  # noqa: BLE001
+                        failures.append(
+                            self._failure("preprocess", name, e, columns.describe(i), value(columns.keys, i), columns, i, timestamp, window)
+                        )
+                        break
+                else:
+                    x = x.reshape(1) if x.ndim == 0 else x
+                    by_lead.setdefault(x.shape[:-1], []).append((i, x))
+        groups = []
+        for lead, members in by_lead.items():
+            longest = max(x.shape[-1] for _, x in members)
+            matrix = np.full((len(members), *lead, longest), self._spec.pad_value, dtype=np.float64)
+            for j, (_, x) in enumerate(members):
+                matrix[j, ..., : x.shape[-1]] = x
+            groups.append((np.array([i for i, _ in members]), matrix))
+        return groups, failures
+
+    def _route(self, keys: Any, positions: np.ndarray) -> Optional[np.ndarray]:
+        """The index of each row's model (-1: none), or None when one model serves every key."""
+        if self._single:
+            return None
+        keys = take(keys, positions)
+        if isinstance(keys, np.ndarray):
+            routes = self._routes
+            for key in set(keys.tolist()) - routes.keys():
+                routes[key] = self._model_index(str(key))
+            return np.fromiter((routes[k] for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        encoded = keys.dictionary_encode()
+        served = [self._model_index(str(key)) for key in encoded.dictionary.to_pylist()]
+        return np.asarray(served, dtype=np.int64)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+    def _model_index(self, key: str) -> int:
+        model = self._spec.model_for_key(key)
+        return -1 if model is None else self._index[model.id]
+
+    def _failure(self, stage, step, error, element, key, columns, i, timestamp, window, error_type=None):
         self._failed[stage].inc()
-        return beam.pvalue.TaggedOutput(
-            FAILURES_TAG, _failure_row(stage, step, error, row, key, model_id, error_type)
-        )
+        row = failure_row(stage, step, error, element, key, None, error_type)
+        if columns.timestamps is not None:
+            timestamp = Timestamp(micros=int(columns.timestamps[i]))
+        return beam.pvalue.TaggedOutput(FAILURES_TAG, WindowedValue(row, timestamp, window))
 
 
-def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
-    """The features of ``row``: one array field as is, or several fields concatenated."""
-    values = []
-    for name in fields:
-        value = getattr(row, name)
-        if value is None:
-            raise ValueError(f"feature field {name!r} is null")
-        try:
-            values.append(np.asarray(value, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise ValueError(f"feature field {name!r} is not numeric: {value!r}") from None
-    if len(values) == 1:
-        return values[0] if values[0].ndim else values[0].reshape(1)
-    return np.concatenate([np.ravel(v) for v in values])
-
-
-def _numeric_array(value: Any) -> np.ndarray:
-    """A step's result as an array of numbers, or an error saying what it returned instead."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"the step returned {type(value).__name__} values of kind {array.dtype}, not numbers")
-    return array
-
-
-# --- Stage 2: RunInference, with failure isolation ----------------------------------------------
-
-
-def _split_preprocess(spec: InferenceSpec) -> tuple[list, list]:
-    """Preprocess steps run per element up to the last one that cannot run on a whole batch.
-
-    With padding, every step runs per element, so that padding is the last thing before the
-    model and the model sees ``pad_value`` itself.
-    """
-    resolved = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess]
-    if spec.variable_length == "pad":
-        return resolved, []
-    cut = max((i + 1 for i, (_, d, _) in enumerate(resolved) if not d.batched), default=0)
-    return resolved[:cut], resolved[cut:]
-
-
-def _split_postprocess(spec: InferenceSpec) -> tuple[list, list]:
-    """Postprocess steps run on the whole batch while they can, then per element."""
-    resolved = [(s.name, *s.resolve(steps.POSTPROCESS)) for s in spec.postprocess]
-    cut = next((i for i, (_, d, _) in enumerate(resolved) if not d.batched), len(resolved))
-    return resolved[:cut], resolved[cut:]
-
-
-def _build(stage: str, resolved: Sequence[tuple[str, Any, dict]], batch: bool = False) -> list[tuple[str, Callable]]:
-    """Step functions; with ``batch``, the forms that take a whole batch (first axis)."""
-    return [
-        (name, definition.build_for_batch(params) if batch else definition.build(params))
-        for name, definition, params in resolved
-    ]
-
-
-# The last file of each model that loaded in this process. Beam shares loaded models between
-# copies of a handler, so the copy that meets a broken update may never have loaded the model
-# now serving; this is what it falls back to.
-_last_good_uris: dict[str, str] = {}
-_last_good_lock = threading.Lock()
-# Models loaded from a watch pattern in this process: handler token -> (uri, model).
-_watched_models: dict[str, tuple[str, Any]] = {}
-# Uris of a watch pattern that failed to load: handler token -> uri (not retried until a newer file).
-_watch_failures: dict[str, str] = {}
-_watch_lock = threading.Lock()
-
-
-class _IsolatingHandler(ModelHandler):
-    """Wraps a framework handler so that failures are per example, never per batch.
-
-    A batch is split by shape (or padded), run through the batch-capable steps and the model;
-    when any of that raises, the batch is halved and each half retried, so only the examples
-    that fail on their own are reported as failed. A model refresh that fails to load keeps
-    the last model that loaded.
-    """
-
-    def __init__(self, spec: InferenceSpec, model: Model, policy: LoadPolicy, where: str) -> None:
-        super().__init__()
-        self._inner = models.handler_for(model, policy, where)
-        self._model_id = model.id
-        self._uri = model.uri
-        self._configured_uri = model.uri
-        self._watch_pattern = model.watch_pattern
-        self._watch_interval = spec.watch_interval_secs
-        self._next_watch = 0.0
-        # Names this model of this pipeline: every copy of the handler carries the same token.
-        self._token = uuid.uuid4().hex
-        self._variable_length = spec.variable_length
-        self._pad_value = spec.pad_value
-        self._namespace = spec.metrics_namespace
-        _, self._pre_specs = _split_preprocess(spec)
-        self._post_specs, _ = _split_postprocess(spec)
-        self._batching = {
-            k: v
-            for k, v in (
-                ("min_batch_size", spec.min_batch_size),
-                ("max_batch_size", spec.max_batch_size),
-                ("max_batch_duration_secs", spec.max_batch_duration_secs),
-            )
-            if v is not None
-        }
-        self._built = False
-
-    def _setup(self) -> None:
-        if self._built:
-            return
-        self._pre, self._post = self._build_steps()
-        prefix = f"model_{self._model_id}_"
-        self._examples = Metrics.counter(self._namespace, prefix + "examples")
-        self._failed = Metrics.counter(self._namespace, prefix + "failed_examples")
-        self._splits = Metrics.counter(self._namespace, prefix + "batch_splits")
-        self._batch_size = Metrics.distribution(self._namespace, prefix + "batch_size_examples")
-        self._latency = Metrics.distribution(self._namespace, prefix + "batch_latency_micros")
-        self._built = True
-
-    def _build_steps(self) -> tuple[list, list]:
-        return (
-            _build(steps.PREPROCESS, self._pre_specs, batch=True),
-            _build(steps.POSTPROCESS, self._post_specs, batch=True),
-        )
-
-    # Loading and refresh.
-    def load_model(self) -> Any:
-        try:
-            loaded = self._inner.load_model()
-        except Exception as e:
-            with _last_good_lock:
-                fallback = _last_good_uris.get(self._token, self._configured_uri)
-            if fallback == self._uri:
-                raise
-            _LOGGER.error(
-                "Model %r: loading the update %s failed (%s: %s); keeping %s",
-                self._model_id, self._uri, type(e).__name__, e, fallback,
-            )
-            Metrics.counter(self._namespace, "model_reload_failures").inc()
-            self._uri = fallback
-            self._inner.update_model_path(fallback)
-            return self._inner.load_model()
-        with _last_good_lock:
-            _last_good_uris[self._token] = self._uri
-        return loaded
-
-    def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path:
-            self._uri = model_path
-            self._inner.update_model_path(model_path)
-            with _watch_lock:  # an update replaces a model loaded from the watch pattern
-                _watched_models.pop(self._token, None)
-
-    def _current_model(self, model: Any) -> Any:
-        """``model``, or the newest file of the watch pattern where that is another file.
-
-        Each worker process checks the pattern itself, every ``watch_interval_secs``, and loads a
-        newer file once: no side input is involved, so this works the same on every runner.
-        """
-        if not self._watch_pattern:
-            return model
-        now = time.monotonic()
-        if now >= self._next_watch:  # between checks, a batch takes no lock
-            with _watch_lock:
-                self._next_watch = now + self._watch_interval
-                self._load_newest_watched()
-        watched = _watched_models.get(self._token)
-        return model if watched is None else watched[1]
-
-    def _load_newest_watched(self) -> None:
-        try:
-            newest = self._inner.newest_watched()
-        except Exception as e:  # noqa: BLE001 - an unreadable pattern keeps the current model
-            _LOGGER.warning("Model %r: watch pattern %r could not be read: %s", self._model_id, self._watch_pattern, e)
-            return
-        current = _watched_models.get(self._token, (self._uri, None))[0]
-        if newest is None or newest in (current, _watch_failures.get(self._token)):
-            return
-        previous = self._inner.uri
-        try:
-            self._inner.update_model_path(newest)
-            _watched_models[self._token] = (newest, self._inner.load_model())
-        except OutsideRoots:
-            # Switched to lead outside the roots since it was listed: as if it did not exist, so
-            # neither a log line nor a metric tells what is there.
-            self._inner.update_model_path(previous)
-            return
-        except Exception as e:  # noqa: BLE001 - a bad file keeps the current model
-            _watch_failures[self._token] = newest
-            _LOGGER.error("Model %r: loading %s failed (%s: %s); keeping %s", self._model_id, newest, type(e).__name__, e, current)
-            Metrics.counter(self._namespace, "model_reload_failures").inc()
-            self._inner.update_model_path(previous)
-            return
-        _LOGGER.info("Model %r: now serving %s (newest match of %s)", self._model_id, newest, self._watch_pattern)
-        Metrics.counter(self._namespace, "model_watch_reloads").inc()
-
-    # Inference.
-    def run_inference(
-        self, batch: Sequence[_Example], model: Any, inference_args: Optional[dict] = None
-    ) -> Iterable[PredictionResult]:
-        self._setup()
-        model = self._current_model(model)
-        start = time.perf_counter()
-        results: list[Any] = [None] * len(batch)
-        inputs: list[Any] = [None] * len(batch)
-        for group in self._groups(batch):
-            self._run_group(group, batch, model, inference_args, inputs, results)
-        self._batch_size.update(len(batch))
-        self._latency.update(int((time.perf_counter() - start) * 1e6))
-        failed = sum(isinstance(r, _Failed) for r in results)
-        self._examples.inc(len(batch) - failed)
-        if failed:
-            self._failed.inc(failed)
-        return [
-            PredictionResult((ex, x), r, self._model_id) for ex, x, r in zip(batch, inputs, results)
-        ]
-
-    def _groups(self, batch: Sequence[_Example]) -> list[list[int]]:
-        """Indices of examples that can be stacked together: same shape (bucket) or same rank."""
-        groups: dict[Any, list[int]] = {}
-        for i, ex in enumerate(batch):
-            shape = ex.features.shape
-            key = shape if self._variable_length == "bucket" else shape[:-1]
-            groups.setdefault(key, []).append(i)
-        return list(groups.values())
-
-    def _run_group(self, idx, batch, model, inference_args, inputs, results) -> None:
-        arrays = [batch[i].features for i in idx]
-        try:
-            model_inputs, outputs = self._call(arrays, model, inference_args)
-        except Exception as e:  # noqa: BLE001 - every failure is isolated, whatever raised it
-            if not isinstance(e, _StageError):
-                e = _StageError("inference", None, e)
-            if len(idx) == 1:
-                results[idx[0]] = _Failed(e.stage, e.step, e.error)
-                inputs[idx[0]] = arrays[0]
-                return
-            self._splits.inc()
-            half = len(idx) // 2
-            self._run_group(idx[:half], batch, model, inference_args, inputs, results)
-            self._run_group(idx[half:], batch, model, inference_args, inputs, results)
-            return
-        for i, x, y in zip(idx, model_inputs, outputs):
-            inputs[i], results[i] = x, y
-
-    def _call(self, arrays, model, inference_args):
-        """Batch steps and the model on one group; raises _StageError naming what failed."""
-        try:
-            if self._variable_length == "pad":
-                longest = max(a.shape[-1] for a in arrays)
-                arrays = [
-                    np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, longest - a.shape[-1])], constant_values=self._pad_value)
-                    for a in arrays
-                ]
-            x = np.stack(arrays)
-        except Exception as e:  # noqa: BLE001
-            raise _StageError("preprocess", None, e) from e
-        for name, step in self._pre:
-            try:
-                x = _same_length(step(x), len(arrays))
-            except Exception as e:  # noqa: BLE001
-                raise _StageError("preprocess", name, e) from e
-        model_inputs = list(x)
-        try:
-            predictions = _same_length(list(self._inner.run_inference(model_inputs, model, inference_args)), len(arrays))
-        except Exception as e:  # noqa: BLE001
-            raise _StageError("inference", None, e) from e
-        outputs = [p.inference for p in predictions]
-        for name, step in self._post:
-            try:
-                outputs = list(_same_length(step(np.stack([np.asarray(o) for o in outputs])), len(arrays)))
-            except Exception as e:  # noqa: BLE001
-                raise _StageError("postprocess", name, e) from e
-        return model_inputs, outputs
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        """The spec's batching, which the handler serving every model applies."""
-        return self._batching
-
-
-def _same_length(values: Any, expected: int) -> Any:
-    """A batch result must have one entry per example, in order; anything else is an error."""
-    try:
-        size = len(values)
-    except TypeError:  # a scalar, or a 0-d array
-        size = None
-    if size != expected:
-        given = "a scalar" if size is None else f"{size} results"
-        raise ValueError(f"gave {given} for a batch of {expected} examples")
-    return values
-
-
-class _StageError(Exception):
-    def __init__(self, stage: str, step: Optional[str], error: BaseException) -> None:
-        super().__init__(f"{stage} {step or ''}: {error}")
-        self.stage, self.step, self.error = stage, step, error
-
-
-class _ResidentModels:
-    """The models loaded in one worker process: at most ``limit``, least recently used leave first.
-
-    Loading is InferBridge's own: a model is an object of this process, dropped (and so freed,
-    with whatever it made) when it is evicted or when a refresh replaces this set. Beam's model
-    manager would instead start a server process per load, listening on a socket that unpickles.
-    """
-
-    def __init__(self, handlers: Mapping[str, "_IsolatingHandler"], limit: Optional[int], namespace: str) -> None:
-        self._handlers = handlers
-        self._limit = limit
-        self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self._loads = Metrics.counter(namespace, "model_loads")
-
-    def resident_first(self, model_ids: Iterable[str]) -> list[str]:
-        """Serving loaded models first spares reloads when a batch needs more than the limit."""
-        return sorted(model_ids, key=lambda model_id: model_id not in self._loaded)
-
-    def get(self, model_id: str) -> Any:
-        with self._lock:
-            if model_id in self._loaded:
-                self._loaded.move_to_end(model_id)
-                return self._loaded[model_id]
-            if self._limit and len(self._loaded) >= self._limit:
-                self._loaded.popitem(last=False)
-            model = self._handlers[model_id].load_model()
-            self._loads.inc()
-            self._loaded[model_id] = model
-            return model
-
-
-class _AllModels(ModelHandler):
-    """Every model of the spec behind one Beam handler, the models routed inside it.
-
-    The worker's models live in one ``_ResidentModels`` (at most ``max_models_per_worker``).
-    Refresh: an update is the JSON object {model_id: uri} of every model, and replaces the set.
-    Subclasses say which per-model handler serves a model (``model_handler``) and run batches.
-    """
-
-    model_handler: Callable[..., "_IsolatingHandler"]
-
-    def __init__(self, spec: InferenceSpec, policy: LoadPolicy) -> None:
-        super().__init__()
-        self._handlers = {m.id: self.model_handler(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
-        self._limit = spec.max_models_per_worker
-        self._namespace = spec.metrics_namespace
-        self._batching = next(iter(self._handlers.values())).batch_elements_kwargs()
-
-    def load_model(self) -> _ResidentModels:
-        return _ResidentModels(self._handlers, self._limit, self._namespace)
-
-    def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path:
-            for model_id, uri in json.loads(model_path).items():
-                self._handlers[model_id].update_model_path(uri)
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return self._batching
-
-    def get_metrics_namespace(self) -> str:
-        return self._namespace
-
-
-class _KeyedModels(_AllModels):
-    """Elements (model_id, example), each batch routed to the models' ``_IsolatingHandler``."""
-
-    model_handler = _IsolatingHandler
-
-    def run_inference(
-        self, batch: Sequence[tuple[str, _Example]], models: _ResidentModels, inference_args: Optional[dict] = None
-    ) -> Iterable[tuple[str, PredictionResult]]:
-        by_model: dict[str, list[_Example]] = {}
-        for model_id, example in batch:
-            by_model.setdefault(model_id, []).append(example)
-        results: list[tuple[str, PredictionResult]] = []
-        for model_id in models.resident_first(by_model):
-            predictions = self._handlers[model_id].run_inference(by_model[model_id], models.get(model_id), inference_args)
-            results.extend((model_id, p) for p in predictions)
-        return results
-
-    def get_num_bytes(self, batch: Sequence[tuple[str, _Example]]) -> int:
-        return sum(ex.features.nbytes for _, ex in batch)
-
-
-# --- Model refresh ------------------------------------------------------------------------------
-
-
-class _LatestModelPaths(beam.DoFn):
-    """Keeps the newest uri per model_id (state) and emits, on a change, the side input of the
-    handlers that serve every model: the JSON object {model_id: uri} of them all."""
-
-    LATEST = beam.transforms.userstate.ReadModifyWriteStateSpec("latest", beam.coders.PickleCoder())
-
-    def __init__(self, spec: InferenceSpec) -> None:
-        self._models = spec.models
-
-    def process(self, keyed: tuple, latest=beam.DoFn.StateParam(LATEST)) -> Iterable[Any]:
-        _, (model_id, uri, ts) = keyed
-        paths = dict(latest.read() or {})
-        if model_id in paths and paths[model_id][0] > ts:
-            return  # an older update arriving late
-        paths[model_id] = (ts, uri)
-        latest.write(paths)
-        current = {m.id: paths.get(m.id, (0, m.uri))[1] for m in self._models}
-        yield ModelMetadata(model_id=json.dumps(current, sort_keys=True), model_name="models")
-
-
-class _ToModelUpdate(beam.DoFn):
-    """A model-update Row (model_id, uri) -> (model_id, uri, event time); unknown ids are logged."""
-
-    def __init__(self, spec: InferenceSpec) -> None:
-        self._ids = {m.id for m in spec.models}
-        self._namespace = spec.metrics_namespace
-
-    def setup(self) -> None:
-        self._rejected = Metrics.counter(self._namespace, "model_updates_rejected")
-
-    def process(self, update: Any, ts=beam.DoFn.TimestampParam) -> Iterable[tuple]:
-        model_id, uri = getattr(update, "model_id", None), getattr(update, "uri", None)
-        if model_id not in self._ids or not isinstance(uri, str) or not uri:
-            self._rejected.inc()
-            _LOGGER.error(
-                "Model update %r rejected: it needs a model_id among %s and a non-empty uri",
-                update, sorted(self._ids),
-            )
-            return
-        yield model_id, uri, float(ts)
-
-
-def _model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection]) -> Optional[beam.PCollection]:
-    """The RunInference side input that swaps models, from model-update Rows: each update is one
-    ModelMetadata whose model_id is the JSON object {model_id: uri} of all models. (Watch
-    patterns are checked by the handlers themselves, without a side input.)
-    """
-    if updates is None:
-        return None
-    # Like Beam's WatchFilePattern: the latest value, re-emitted into a global window that fires
-    # on every element, so that each update replaces the side input.
-    return (
-        updates
-        | "ToModelUpdate" >> beam.ParDo(_ToModelUpdate(spec))
-        | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        | "OneKey" >> beam.Map(lambda update: ("models", update))
-        | "LatestModelPaths" >> beam.ParDo(_LatestModelPaths(spec))
-        | "EveryUpdate" >> beam.WindowInto(
-            window.GlobalWindows(),
-            trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-            accumulation_mode=trigger.AccumulationMode.DISCARDING,
-        )
-    )
-
-
-# --- Stage 3: predictions -> output Rows ---------------------------------------------------------
+# --- Stage 3: outcomes -> output elements ---------------------------------------------------------
 
 
 class _Finish(beam.DoFn):
-    """Runs per-element postprocessing and builds the typed output Row, or a failure Row."""
+    """Writes the served rows of each block (output Rows or blocks, by layout); every failed row
+    becomes a failure Row with its own timestamp."""
 
-    def __init__(self, spec: InferenceSpec) -> None:
+    def __init__(self, spec: InferenceSpec, layout: Any) -> None:
         self._spec = spec
-        _, self._step_specs = _split_postprocess(spec)
+        self._layout = layout
+        self._ids = [m.id for m in spec.models]
 
     def setup(self) -> None:
-        self._steps = _build(steps.POSTPROCESS, self._step_specs)
-        self._to_field = _INFERENCE_FIELDS[self._spec.inference_kind][1]
         ns = self._spec.metrics_namespace
         self._out = Metrics.counter(ns, "inferences_out")
         self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("preprocess", "inference", "postprocess", "output")}
 
-    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
-        model_id, result = keyed
-        example, model_input = result.example
-        value = result.inference
-        if isinstance(value, _Failed):
-            yield self._failure(value.stage, value.step, value.error, example, model_id)
-            return
-        for name, step in self._steps:
-            try:
-                value = step(value)
-            except Exception as e:  # noqa: BLE001
-                yield self._failure("postprocess", name, e, example, model_id)
-                return
-        try:
-            inference = self._to_field(value)
-            flat_input = [float(x) for x in np.ravel(model_input)]
-        except Exception as e:  # noqa: BLE001
-            error = ValueError(f"cannot make the inference {value!r} a {self._spec.inference_kind}: {e}")
-            yield self._failure("output", None, error, example, model_id)
-            return
-        self._out.inc()
-        # Batching moves elements to the end of their window; give each its own time back.
-        yield window.TimestampedValue(
-            beam.Row(
-                key=example.key,
-                example=flat_input,
-                inference=inference,
-                model_id=model_id,
-                **example.passthrough,
-            ),
-            example.timestamp,
+    def process(self, block: Block, window=beam.DoFn.WindowParam) -> Iterable[Any]:
+        outcome = block.outcome
+        windows = (window,)
+        size = len(block.features)
+        failed = dict(outcome.failed)
+        served = np.arange(size)
+        if failed:
+            served = np.delete(served, list(failed))
+        if len(served):
+            elements, written, wrong = self._layout.write(
+                block, served, outcome.outputs, outcome.inputs, self._ids, self._spec.inference_kind, windows
+            )
+            failed.update(wrong)
+            if written:
+                self._out.inc(written)
+            yield from elements
+        for row, failure in sorted(failed.items()):
+            yield self._failure(failure, block, row, windows)
+
+    def _failure(self, failed: Failed, block: Block, row: int, windows: tuple):
+        self._failed[failed.stage].inc()
+        row_out = failure_row(
+            failed.stage,
+            failed.step,
+            failed.error,
+            block.describe(int(block.positions[row])),
+            value(block.keys, row),
+            self._ids[block.model_index(row)],
         )
-
-    def _failure(self, stage, step, error, example: _Example, model_id):
-        self._failed[stage].inc()
-        row = _failure_row(stage, step, error, example.row, example.key_text, model_id)
-        return beam.pvalue.TaggedOutput(FAILURES_TAG, window.TimestampedValue(row, example.timestamp))
-
-
-def _failure_row(stage, step, error, row, key, model_id, error_type=None) -> beam.Row:
-    return beam.Row(
-        stage=stage,
-        step=step,
-        error_type=error_type or type(error).__name__,
-        message=str(error),
-        element=_describe_element(row),
-        key=None if key is None else str(key),
-        model_id=model_id,
-    )
-
-
-def _describe_element(row: Any) -> str:
-    """The input row as JSON (its fields), or its repr when it has no fields."""
-    as_dict = getattr(row, "_asdict", None) or getattr(row, "as_dict", None)
-    if as_dict is None:
-        return repr(row)
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, bytes):
-            return value.hex()
-        return repr(value)
-
-    try:
-        return json.dumps(dict(as_dict()), default=plain, allow_nan=True)
-    except (TypeError, ValueError):  # e.g. a map with bytes keys
-        return repr(row)
+        return beam.pvalue.TaggedOutput(FAILURES_TAG, WindowedValue(row_out, block.timestamp_of(row), windows))
 
 
 # --- Construction-time checks -------------------------------------------------------------------

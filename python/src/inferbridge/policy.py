@@ -4,7 +4,8 @@ A model file in pickle, joblib or TorchScript form (and a Beam handler that load
 runs code when it is loaded, so whoever can write the file can run code in the worker. A
 ``LoadPolicy`` therefore allows those formats only from *trusted roots*, allows every model
 only from *model roots* (when any are set), and lets a PyTorch ``state_dict`` name only model
-classes under allowed module prefixes (importing a module runs its code).
+classes under allowed module prefixes (importing a module runs its code). Which formats run
+code, and which option names a class, each framework declares (``inferbridge.frameworks``).
 
 A path is checked before anything is opened, and a local file again by the descriptor it was
 opened with (``inferbridge.model_files``).
@@ -19,6 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
+
+from inferbridge import frameworks
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
@@ -117,9 +120,7 @@ class LoadPolicy:
 
     def _roots_for(self, model: Model) -> Optional[tuple[str, ...]]:
         """The roots ``model`` may be loaded from; None: anywhere."""
-        from inferbridge.models import runs_code_on_load
-
-        if runs_code_on_load(model):
+        if frameworks.runs_code_on_load(model):
             return self.trusted_roots
         return self.model_roots + self.trusted_roots if self.model_roots else None
 
@@ -128,29 +129,27 @@ class LoadPolicy:
         return roots is None or _under_any(location, roots)
 
     def _check_location(self, model: Model, uri: str, location: tuple[Optional[str], str], where: str) -> None:
-        from inferbridge.models import runs_code_on_load
-
         # Only the configured value is named: a resolved path would tell a client where a link
         # outside the roots leads, and whether it exists.
         if not self._allows(model, location):
             roots = _listing(self._roots_for(model) or ())
-            if runs_code_on_load(model):
+            if frameworks.runs_code_on_load(model):
                 raise OutsideRoots(
                     f"{where}.uri={uri!r}: {model.framework} format {model.format!r} runs code "
                     f"when loaded, so it is loaded only from trusted roots ({roots}); to allow "
                     f"it, put the file under a trusted root and add that directory to "
                     f"{TRUSTED_ROOTS_ENV} (comma-separated) or start the expansion service with "
                     "--trusted-model-root DIR; or save the model in a format that does not run "
-                    "code (sklearn: skops; pytorch: state_dict; onnx)"
+                    f"code ({_safe_formats()})"
                 )
             raise OutsideRoots(
                 f"{where}.uri={uri!r} is outside the allowed model roots ({roots}); to allow it, "
                 f"add its directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion "
                 "service with --model-root DIR"
             )
-        model_class = model.options.get("model_class") if model.framework == "pytorch" else None
-        if isinstance(model_class, str):
-            self.check_model_class(model_class, f"{where}.options.model_class")
+        class_option = frameworks.class_to_import(model)
+        if class_option is not None and isinstance(class_option[1], str):
+            self.check_model_class(class_option[1], f"{where}.options.{class_option[0]}")
 
     def check_model_class(self, model_class: str, where: str) -> None:
         """Raises ValueError unless ``model_class`` ("pkg.mod:Class") is under an allowed prefix."""
@@ -202,6 +201,15 @@ def _under_any(location: tuple[Optional[str], str], roots: tuple[str, ...]) -> b
         elif path == root_path or path.startswith(root_path.rstrip("/") + "/"):
             return True
     return False
+
+
+def _safe_formats() -> str:
+    """E.g. "sklearn: skops; onnx: onnx": the formats of each framework that run no code."""
+    return "; ".join(
+        f"{framework.name}: {', '.join(framework.safe_formats)}"
+        for framework in frameworks.REGISTRY.values()
+        if framework.safe_formats
+    )
 
 
 def _listing(roots: tuple[str, ...]) -> str:

@@ -14,8 +14,8 @@ import re
 from typing import Any, Callable
 
 from apache_beam.portability import common_urns, python_urns
-from google.protobuf import json_format
 from apache_beam.portability.api import beam_expansion_api_pb2, external_transforms_pb2, schema_pb2
+from google.protobuf import json_format
 
 from inferbridge import bounds, compat, spec
 from inferbridge.bounds import shorten

@@ -5,6 +5,8 @@ typed schema of ``RunInferenceConfig`` below; ``tests/golden/run_inference_v1.sc
 it, and both languages' unit tests compare their schema to that file.
 """
 
+import dataclasses
+import functools
 import json
 import math
 import re
@@ -12,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
-from inferbridge import bounds, steps
+from inferbridge import bounds, model_checks, steps
 from inferbridge.bounds import shorten
 
 RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1"
@@ -46,27 +48,6 @@ class ModelConfig(NamedTuple):
     options: str
     sha256: Optional[str]
     watch_pattern: Optional[str]
-
-
-class RunInferenceConfig(NamedTuple):
-    """Wire form of the spec; field order and types are the cross-language contract."""
-
-    key_field: str
-    feature_fields: Sequence[str]
-    passthrough_fields: Sequence[str]
-    models: Sequence[ModelConfig]
-    preprocess: Sequence[StepConfig]
-    postprocess: Sequence[StepConfig]
-    min_batch_size: Optional[int]
-    max_batch_size: Optional[int]
-    max_batch_duration_secs: Optional[float]
-    variable_length: str
-    pad_value: float
-    max_models_per_worker: Optional[int]
-    watch_interval_secs: float
-    min_ram: Optional[str]
-    accelerator: Optional[str]
-    metrics_namespace: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +105,63 @@ class Step:
         bounds.check_length(f"{stage} step name", config.name, bounds.MAX_NAME_CHARS)
         params = bounds.json_object(f"{stage} step {config.name!r}: params", config.params, bounds.MAX_PARAMS_JSON_CHARS)
         return cls(config.name, **params)
+
+
+# --- checks of single fields (name, value), named by the option declarations below --------------
+
+
+def _require_name(field_name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field_name} must be a non-empty string, got {shorten(value)}")
+
+
+def _require_choice(field_name: str, value: Any, allowed: typing.Iterable[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field_name}={shorten(value)} is not supported; allowed: {', '.join(allowed)}")
+
+
+def _require_number(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{field_name} must be a number, got {shorten(value)}")
+
+
+def _require_positive_int(field_name: str, value: Any, limit: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{field_name} must be a positive integer, got {shorten(value)}")
+    if value is not None and value > limit:
+        raise ValueError(f"{field_name}={value} is out of range; allowed: 1 to {limit}")
+
+
+# A memory size as Beam's min_ram hint takes it: a number and a unit. Checked before Beam's own
+# parser, whose time grows with the square of the text's length.
+_MEMORY_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)? ?(?:[KMGTP]i?B|B)")
+MEMORY_UNITS = "B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB"
+
+
+def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
+    """Checks the ``min_ram`` and ``accelerator`` resource hints (bounded, shaped, then Beam's parse)."""
+    from apache_beam.transforms import resources
+
+    if min_ram is not None:
+        if not isinstance(min_ram, str) or len(min_ram) > bounds.MAX_MIN_RAM_CHARS or not _MEMORY_SIZE.fullmatch(min_ram):
+            raise ValueError(
+                f"min_ram={shorten(min_ram)} is not a memory size: use a number and a unit "
+                f"({MEMORY_UNITS}) in at most {bounds.MAX_MIN_RAM_CHARS} characters, e.g. '4GB' or '512MiB'"
+            )
+        try:
+            resources.MinRamHint.parse(min_ram)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"min_ram={min_ram!r} is not a memory size ({e}); use e.g. '4GB' or '512MiB'"
+            ) from None
+    if accelerator is not None:
+        bounds.check_length("accelerator", accelerator, bounds.MAX_ACCELERATOR_CHARS)
+        _require_name("accelerator", accelerator)
+        if not (accelerator.isascii() and accelerator.isprintable()):
+            raise ValueError(
+                f"accelerator={accelerator!r} must be printable ASCII, e.g. "
+                "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
+            )
 
 
 StepLike = Union[Step, Callable[[Any], Any]]
@@ -232,64 +270,185 @@ class Model:
         )
 
 
+# --- the options of the composite -------------------------------------------------------------
+# Each option is declared once, as an ``InferenceSpec`` field made by ``option``: its type on the
+# wire, its default and its check. The wire form ``RunInferenceConfig`` (fields in declaration
+# order; tests/golden/run_inference_v1.schema), ``to_config``/``from_config`` and the translation
+# of Beam's stock requests (compat.py) are derived from these declarations.
+
+_WIRE = "inferbridge.wire"
+
+
+class Wire(NamedTuple):
+    """How one ``InferenceSpec`` field is checked and travels as the ``RunInferenceConfig`` field of
+    the same name."""
+
+    type: Any  # the field's type in RunInferenceConfig; Beam derives the Row schema from it
+    check: Optional[Callable[[str, Any], None]]  # (field name, value); raises ValueError
+    normalize: Callable[[Any], Any]  # the value given -> the value kept, before any check
+    to_wire: Callable[[str, Any], Any]  # (field name, value) -> wire value
+    from_wire: Callable[[str, Any], Any]  # (field name, decoded wire value) -> value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _keep(_: str, value: Any) -> Any:
+    return value
+
+
+def _as_names(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _names_from_wire(_: str, value: Any) -> tuple[str, ...]:
+    return tuple(value or ())
+
+
+def _float_to_wire(_: str, value: Any) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def option(
+    wire_type: Any,
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Optional[Callable[[str, Any], None]] = None,
+    normalize: Optional[Callable[[Any], Any]] = None,
+    to_wire: Optional[Callable[[str, Any], Any]] = None,
+    from_wire: Optional[Callable[[str, Any], Any]] = None,
+) -> Any:
+    """An ``InferenceSpec`` field that travels as ``wire_type``; keyword-only when it has a default.
+
+    Lists of names take one name or several and travel as lists; numbers travel as floats.
+    """
+    if wire_type == Sequence[str]:
+        normalize, to_wire = normalize or _as_names, to_wire or (lambda _, v: list(v))
+        from_wire = from_wire or _names_from_wire
+    elif wire_type in (float, Optional[float]):
+        to_wire = to_wire or _float_to_wire
+    wire = Wire(wire_type, check, normalize or _same, to_wire or _keep, from_wire or _keep)
+    return field(default=default, kw_only=default is not dataclasses.MISSING, metadata={_WIRE: wire})
+
+
+def _check_feature_fields(name: str, value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError(f"{name} must name at least one input field")
+    for i, item in enumerate(value):
+        _require_name(f"{name}[{i}]", item)
+
+
+def _check_passthrough_fields(name: str, value: tuple[str, ...]) -> None:
+    for i, item in enumerate(value):
+        _require_name(f"{name}[{i}]", item)
+        if item in OUTPUT_FIELDS:
+            raise ValueError(
+                f"{name}[{i}]={item!r} clashes with an output field; output fields are {', '.join(OUTPUT_FIELDS)}"
+            )
+
+
+def _check_seconds(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    if value is None:
+        return
+    _require_number(name, value)
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} must be positive")
+    bounds.check_range(name, value, low, high, low_open=low_open)
+
+
+def _check_finite(name: str, value: Any) -> None:
+    _require_number(name, value)
+    bounds.check_range(name, value, -math.inf, math.inf)
+
+
+def _as_models(value: Any) -> tuple["Model", ...]:
+    return (value,) if isinstance(value, Model) else tuple(value)
+
+
+def _models_from_wire(name: str, value: Any) -> tuple["Model", ...]:
+    return tuple(Model.from_config(f"{name}[{i}]", m) for i, m in enumerate(value or ()))
+
+
+def _as_steps(value: Any) -> tuple[Step, ...]:
+    return tuple(_as_step(s) for s in value)
+
+
+def _steps_from_wire(stage: str, value: Any) -> tuple[Step, ...]:
+    return tuple(Step.from_config(stage, s) for s in value or ())
+
+
+def _steps_option() -> Any:
+    """A list of steps; the field's name is its stage (``preprocess``, ``postprocess``)."""
+    return option(
+        Sequence[StepConfig],
+        (),
+        normalize=_as_steps,
+        to_wire=lambda stage, v: [s.to_config(stage) for s in v],
+        from_wire=_steps_from_wire,
+    )
+
+
 @dataclass(frozen=True)
 class InferenceSpec:
-    """Everything the inference composite does, validated on construction."""
+    """Everything the inference composite does, validated on construction.
 
-    key_field: str
-    feature_fields: tuple[str, ...]
-    models: tuple[Model, ...]
-    preprocess: tuple[Step, ...] = ()
-    postprocess: tuple[Step, ...] = ()
-    passthrough_fields: tuple[str, ...] = ()
-    min_batch_size: Optional[int] = None
-    max_batch_size: Optional[int] = None
-    max_batch_duration_secs: Optional[float] = None
-    variable_length: str = "bucket"
-    pad_value: float = 0.0
-    max_models_per_worker: Optional[int] = None
+    Each field is one option, declared once (see ``option``); the wire form follows this order.
+    """
+
+    key_field: str = option(str, check=_require_name)
+    feature_fields: tuple[str, ...] = option(Sequence[str], check=_check_feature_fields)
+    passthrough_fields: tuple[str, ...] = option(Sequence[str], (), check=_check_passthrough_fields)
+    models: tuple[Model, ...] = option(
+        Sequence[ModelConfig],
+        normalize=_as_models,
+        to_wire=lambda _, v: [m.to_config() for m in v],
+        from_wire=_models_from_wire,
+    )
+    preprocess: tuple[Step, ...] = _steps_option()
+    postprocess: tuple[Step, ...] = _steps_option()
+    min_batch_size: Optional[int] = option(
+        Optional[int], None, check=functools.partial(_require_positive_int, limit=bounds.MAX_BATCH_SIZE)
+    )
+    max_batch_size: Optional[int] = option(
+        Optional[int], None, check=functools.partial(_require_positive_int, limit=bounds.MAX_BATCH_SIZE)
+    )
+    max_batch_duration_secs: Optional[float] = option(
+        Optional[float],
+        None,
+        check=functools.partial(_check_seconds, low=0, high=bounds.MAX_BATCH_DURATION_SECS, low_open=True),
+    )
+    variable_length: str = option(str, "bucket", check=functools.partial(_require_choice, allowed=VARIABLE_LENGTH))
+    pad_value: float = option(float, 0.0, check=_check_finite)
+    max_models_per_worker: Optional[int] = option(
+        Optional[int], None, check=functools.partial(_require_positive_int, limit=bounds.MAX_MODELS_PER_WORKER)
+    )
     # How often each model's watch_pattern is checked for a newer file.
-    watch_interval_secs: float = 360.0
-    min_ram: Optional[str] = None
-    accelerator: Optional[str] = None
-    metrics_namespace: str = DEFAULT_METRICS_NAMESPACE
+    watch_interval_secs: float = option(
+        float,
+        360.0,
+        check=functools.partial(
+            _check_seconds, low=bounds.MIN_WATCH_INTERVAL_SECS, high=bounds.MAX_WATCH_INTERVAL_SECS
+        ),
+    )
+    min_ram: Optional[str] = option(Optional[str], None, check=lambda _, v: check_resource_hints(v, None))
+    accelerator: Optional[str] = option(Optional[str], None, check=lambda _, v: check_resource_hints(None, v))
+    metrics_namespace: str = option(str, DEFAULT_METRICS_NAMESPACE, check=_require_name)
     # The kind of the output ``inference`` field after every postprocessing step; derived.
     inference_kind: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("feature_fields", "passthrough_fields"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        models_ = self.models
-        object.__setattr__(self, "models", (models_,) if isinstance(models_, Model) else tuple(models_))
-        object.__setattr__(self, "preprocess", tuple(_as_step(s) for s in self.preprocess))
-        object.__setattr__(self, "postprocess", tuple(_as_step(s) for s in self.postprocess))
+        for f, wire in OPTIONS:
+            object.__setattr__(self, f.name, wire.normalize(getattr(self, f.name)))
         self._check_bounds()
-        _require_name("key_field", self.key_field)
-        if not self.feature_fields:
-            raise ValueError("feature_fields must name at least one input field")
-        for i, name in enumerate(self.feature_fields):
-            _require_name(f"feature_fields[{i}]", name)
-        for i, name in enumerate(self.passthrough_fields):
-            _require_name(f"passthrough_fields[{i}]", name)
-            if name in OUTPUT_FIELDS:
-                raise ValueError(
-                    f"passthrough_fields[{i}]={name!r} clashes with an output field; "
-                    f"output fields are {', '.join(OUTPUT_FIELDS)}"
-                )
-        self._check_batching()
-        _require_choice("variable_length", self.variable_length, VARIABLE_LENGTH)
-        _require_number("pad_value", self.pad_value)
-        bounds.check_range("pad_value", self.pad_value, -math.inf, math.inf)
-        _require_positive_int("max_models_per_worker", self.max_models_per_worker, bounds.MAX_MODELS_PER_WORKER)
-        _require_number("watch_interval_secs", self.watch_interval_secs)
-        if self.watch_interval_secs <= 0:
-            raise ValueError(f"watch_interval_secs={self.watch_interval_secs!r} must be positive")
-        bounds.check_range(
-            "watch_interval_secs", self.watch_interval_secs, bounds.MIN_WATCH_INTERVAL_SECS, bounds.MAX_WATCH_INTERVAL_SECS
-        )
-        check_resource_hints(self.min_ram, self.accelerator)
-        _require_name("metrics_namespace", self.metrics_namespace)
+        for f, wire in OPTIONS:
+            if wire.check is not None:
+                wire.check(f.name, getattr(self, f.name))
+        if self.min_batch_size and self.max_batch_size and self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size={self.min_batch_size} is larger than "
+                f"max_batch_size={self.max_batch_size}; make min_batch_size <= max_batch_size"
+            )
         object.__setattr__(self, "inference_kind", self._check_models_and_steps())
 
     def _check_bounds(self) -> None:
@@ -298,36 +457,19 @@ class InferenceSpec:
         for stage in steps.STAGES:
             for i, step in enumerate(getattr(self, stage)):
                 bounds.check_length(f"{stage}[{i}].name", step.name, bounds.MAX_NAME_CHARS)
-        for name in ("key_field", "variable_length", "metrics_namespace"):
-            bounds.check_length(name, getattr(self, name), bounds.MAX_NAME_CHARS)
-        for name in ("feature_fields", "passthrough_fields"):
-            for i, value in enumerate(getattr(self, name)):
-                bounds.check_length(f"{name}[{i}]", value, bounds.MAX_NAME_CHARS)
+        # Names (str options and lists of them); optional strings bound themselves in their check.
+        for f, wire in OPTIONS:
+            value = getattr(self, f.name)
+            if wire.type is str:
+                bounds.check_length(f.name, value, bounds.MAX_NAME_CHARS)
+            elif wire.type == Sequence[str]:
+                for i, item in enumerate(value):
+                    bounds.check_length(f"{f.name}[{i}]", item, bounds.MAX_NAME_CHARS)
         for i, model in enumerate(self.models):
             _check_model_strings(f"models[{i}]", model)
 
-    def _check_batching(self) -> None:
-        _require_positive_int("min_batch_size", self.min_batch_size, bounds.MAX_BATCH_SIZE)
-        _require_positive_int("max_batch_size", self.max_batch_size, bounds.MAX_BATCH_SIZE)
-        if self.min_batch_size and self.max_batch_size and self.min_batch_size > self.max_batch_size:
-            raise ValueError(
-                f"min_batch_size={self.min_batch_size} is larger than "
-                f"max_batch_size={self.max_batch_size}; make min_batch_size <= max_batch_size"
-            )
-        if self.max_batch_duration_secs is not None:
-            _require_number("max_batch_duration_secs", self.max_batch_duration_secs)
-            if self.max_batch_duration_secs <= 0:
-                raise ValueError(
-                    f"max_batch_duration_secs={self.max_batch_duration_secs!r} must be positive"
-                )
-            bounds.check_range(
-                "max_batch_duration_secs", self.max_batch_duration_secs, 0, bounds.MAX_BATCH_DURATION_SECS, low_open=True
-            )
-
     def _check_models_and_steps(self) -> str:
         """Checks models, key routing and steps; returns the final kind of the inference."""
-        from inferbridge import models  # models.py refers to Model, defined here
-
         if not self.models:
             raise ValueError("models must hold at least one model")
         kinds, ids, owner = {}, {}, {}
@@ -335,7 +477,7 @@ class InferenceSpec:
         for i, model in enumerate(self.models):
             where = f"models[{i}]"
             _require_name(f"{where}.uri", model.uri)
-            kinds[i] = models.validate(model, where)
+            kinds[i] = model_checks.check_model(model, where)
             if model.id in ids:
                 raise ValueError(
                     f"{where} has model_id {model.id!r}, already used by models[{ids[model.id]}]; "
@@ -395,49 +537,27 @@ class InferenceSpec:
                 return model
         return self.default_model
 
-    def to_config(self) -> RunInferenceConfig:
-        return RunInferenceConfig(
-            key_field=self.key_field,
-            feature_fields=list(self.feature_fields),
-            passthrough_fields=list(self.passthrough_fields),
-            models=[m.to_config() for m in self.models],
-            preprocess=[s.to_config(steps.PREPROCESS) for s in self.preprocess],
-            postprocess=[s.to_config(steps.POSTPROCESS) for s in self.postprocess],
-            min_batch_size=self.min_batch_size,
-            max_batch_size=self.max_batch_size,
-            max_batch_duration_secs=self.max_batch_duration_secs,
-            variable_length=self.variable_length,
-            pad_value=float(self.pad_value),
-            max_models_per_worker=self.max_models_per_worker,
-            watch_interval_secs=float(self.watch_interval_secs),
-            min_ram=self.min_ram,
-            accelerator=self.accelerator,
-            metrics_namespace=self.metrics_namespace,
-        )
+    def to_config(self) -> "RunInferenceConfig":
+        return RunInferenceConfig(**{f.name: wire.to_wire(f.name, getattr(self, f.name)) for f, wire in OPTIONS})
 
     @classmethod
     def from_config(cls, config: Any) -> "InferenceSpec":
         """Builds a spec from a decoded configuration Row, naming any field that is off."""
         check_config_fields(config, RunInferenceConfig, RUN_INFERENCE_URN)
         _check_counts(config)
-        return cls(
-            key_field=config.key_field,
-            feature_fields=tuple(config.feature_fields or ()),
-            passthrough_fields=tuple(config.passthrough_fields or ()),
-            models=tuple(Model.from_config(f"models[{i}]", m) for i, m in enumerate(config.models or ())),
-            preprocess=tuple(Step.from_config("preprocess", s) for s in config.preprocess or ()),
-            postprocess=tuple(Step.from_config("postprocess", s) for s in config.postprocess or ()),
-            min_batch_size=config.min_batch_size,
-            max_batch_size=config.max_batch_size,
-            max_batch_duration_secs=config.max_batch_duration_secs,
-            variable_length=config.variable_length,
-            pad_value=config.pad_value,
-            max_models_per_worker=config.max_models_per_worker,
-            watch_interval_secs=config.watch_interval_secs,
-            min_ram=config.min_ram,
-            accelerator=config.accelerator,
-            metrics_namespace=config.metrics_namespace,
-        )
+        return cls(**{f.name: wire.from_wire(f.name, getattr(config, f.name)) for f, wire in OPTIONS})
+
+
+# Every option of InferenceSpec with how it travels, in wire order.
+OPTIONS: tuple[tuple[dataclasses.Field, Wire], ...] = tuple(
+    (f, f.metadata[_WIRE]) for f in dataclasses.fields(InferenceSpec) if _WIRE in f.metadata
+)
+
+# The wire form of the spec, derived from OPTIONS: field order and types are the cross-language
+# contract (tests/golden/run_inference_v1.schema).
+RunInferenceConfig = NamedTuple(  # type: ignore[misc]
+    "RunInferenceConfig", [(f.name, wire.type) for f, wire in OPTIONS]
+)
 
 
 def check_config_fields(config: Any, config_type: type, urn: str) -> None:
@@ -501,11 +621,6 @@ def _describe(field_type: Any) -> str:
     return text + (" NULLABLE" if field_type.nullable else "")
 
 
-def _require_name(field_name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{field_name} must be a non-empty string, got {shorten(value)}")
-
-
 def _check_counts(spec: Any) -> None:
     """The lengths of the lists of a spec (an ``InferenceSpec`` or its wire form)."""
     bounds.check_count("feature_fields", spec.feature_fields or (), bounds.MAX_FEATURE_FIELDS, "fields")
@@ -528,52 +643,3 @@ def _check_model_strings(where: str, model: Any) -> None:
     bounds.check_length(f"{where}.sha256", model.sha256, bounds.MAX_SHA256_CHARS)
     for i, key in enumerate(model.keys or ()):
         bounds.check_length(f"{where}.keys[{i}]", key, bounds.MAX_ID_CHARS)
-
-
-def _require_choice(field_name: str, value: Any, allowed: typing.Iterable[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field_name}={shorten(value)} is not supported; allowed: {', '.join(allowed)}")
-
-
-def _require_number(field_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{field_name} must be a number, got {shorten(value)}")
-
-
-def _require_positive_int(field_name: str, value: Any, limit: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{field_name} must be a positive integer, got {shorten(value)}")
-    if value is not None and value > limit:
-        raise ValueError(f"{field_name}={value} is out of range; allowed: 1 to {limit}")
-
-
-# A memory size as Beam's min_ram hint takes it: a number and a unit. Checked before Beam's own
-# parser, whose time grows with the square of the text's length.
-_MEMORY_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)? ?(?:[KMGTP]i?B|B)")
-MEMORY_UNITS = "B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB"
-
-
-def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
-    """Checks the ``min_ram`` and ``accelerator`` resource hints (bounded, shaped, then Beam's parse)."""
-    from apache_beam.transforms import resources
-
-    if min_ram is not None:
-        if not isinstance(min_ram, str) or len(min_ram) > bounds.MAX_MIN_RAM_CHARS or not _MEMORY_SIZE.fullmatch(min_ram):
-            raise ValueError(
-                f"min_ram={shorten(min_ram)} is not a memory size: use a number and a unit "
-                f"({MEMORY_UNITS}) in at most {bounds.MAX_MIN_RAM_CHARS} characters, e.g. '4GB' or '512MiB'"
-            )
-        try:
-            resources.MinRamHint.parse(min_ram)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"min_ram={min_ram!r} is not a memory size ({e}); use e.g. '4GB' or '512MiB'"
-            ) from None
-    if accelerator is not None:
-        bounds.check_length("accelerator", accelerator, bounds.MAX_ACCELERATOR_CHARS)
-        _require_name("accelerator", accelerator)
-        if not (accelerator.isascii() and accelerator.isprintable()):
-            raise ValueError(
-                f"accelerator={accelerator!r} must be printable ASCII, e.g. "
-                "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
-            )

@@ -1,5 +1,29 @@
 package dev.inferbridge;
 
+import static dev.inferbridge.InferenceConfig.ACCELERATOR;
+import static dev.inferbridge.InferenceConfig.BLOCK_SIZE;
+import static dev.inferbridge.InferenceConfig.EXPANSION_CLIENT;
+import static dev.inferbridge.InferenceConfig.EXPANSION_SERVICE;
+import static dev.inferbridge.InferenceConfig.FEATURE_FIELDS;
+import static dev.inferbridge.InferenceConfig.FEATURE_METHOD;
+import static dev.inferbridge.InferenceConfig.KEY_FIELD;
+import static dev.inferbridge.InferenceConfig.LOCAL_PYTHON;
+import static dev.inferbridge.InferenceConfig.MAX_BATCH_DURATION;
+import static dev.inferbridge.InferenceConfig.MAX_BATCH_SIZE;
+import static dev.inferbridge.InferenceConfig.MAX_MODELS_PER_WORKER;
+import static dev.inferbridge.InferenceConfig.METRICS_NAMESPACE;
+import static dev.inferbridge.InferenceConfig.MIN_BATCH_SIZE;
+import static dev.inferbridge.InferenceConfig.MIN_RAM;
+import static dev.inferbridge.InferenceConfig.MODELS;
+import static dev.inferbridge.InferenceConfig.MODEL_UPDATES;
+import static dev.inferbridge.InferenceConfig.PAD_VALUE;
+import static dev.inferbridge.InferenceConfig.PASSTHROUGH_FIELDS;
+import static dev.inferbridge.InferenceConfig.POSTPROCESS;
+import static dev.inferbridge.InferenceConfig.PREPROCESS;
+import static dev.inferbridge.InferenceConfig.SERVICE_CREDENTIALS;
+import static dev.inferbridge.InferenceConfig.VARIABLE_LENGTH;
+import static dev.inferbridge.InferenceConfig.WATCH_INTERVAL;
+
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
@@ -138,119 +162,19 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   static final List<String> OUTPUT_FIELDS =
       Collections.unmodifiableList(Arrays.asList("key", "example", "inference", "model_id"));
 
-  static final double DEFAULT_WATCH_INTERVAL_SECS = 360.0;
-  static final String DEFAULT_METRICS_NAMESPACE = "InferBridge";
-
   private static final Set<TypeName> KEY_TYPES =
       EnumSet.of(TypeName.STRING, TypeName.INT64, TypeName.INT32, TypeName.INT16, TypeName.BYTE);
 
-  private final List<Model> models;
-  private final String keyField;
-  private final List<String> featureFields;
-  private final String featureMethod;
-  private final List<String> passthroughFields;
-  private final List<Step> preprocess;
-  private final List<Step> postprocess;
-  private final Long minBatchSize;
-  private final Long maxBatchSize;
-  private final Duration maxBatchDuration;
-  private final VariableLength variableLength;
-  private final double padValue;
-  private final Long maxModelsPerWorker;
-  private final Duration watchInterval;
-  private final String minRam;
-  private final String accelerator;
-  private final String metricsNamespace;
-  private final Integer blockSize;
-  private final transient PCollection<Row> modelUpdates;
-  private final String expansionService;
-  private final PythonEnvironment localPython;
-  private final transient ServiceCredentials serviceCredentials;
-  private final transient ExpansionServiceClientFactory expansionClient;
+  /** Every setting of this transform, sent ones and Java-only ones (see {@link InferenceConfig}). */
+  private final InferenceConfig config;
 
-  private Inference(Builder b) {
-    this.models = b.models;
-    this.keyField = b.keyField;
-    this.featureFields = b.featureFields;
-    this.featureMethod = b.featureMethod;
-    this.passthroughFields = b.passthroughFields;
-    this.preprocess = b.preprocess;
-    this.postprocess = b.postprocess;
-    this.minBatchSize = b.minBatchSize;
-    this.maxBatchSize = b.maxBatchSize;
-    this.maxBatchDuration = b.maxBatchDuration;
-    this.variableLength = b.variableLength;
-    this.padValue = b.padValue;
-    this.maxModelsPerWorker = b.maxModelsPerWorker;
-    this.watchInterval = b.watchInterval;
-    this.minRam = b.minRam;
-    this.accelerator = b.accelerator;
-    this.metricsNamespace = b.metricsNamespace;
-    this.blockSize = b.blockSize;
-    this.modelUpdates = b.modelUpdates;
-    this.expansionService = b.expansionService;
-    this.localPython = b.localPython;
-    this.serviceCredentials = b.serviceCredentials;
-    this.expansionClient = b.expansionClient;
+  private Inference(InferenceConfig config) {
+    this.config = config;
   }
 
-  /** The settings of an {@link Inference} while one is derived from another. */
-  private static final class Builder {
-    List<Model> models;
-    String keyField;
-    List<String> featureFields;
-    String featureMethod;
-    List<String> passthroughFields = Collections.emptyList();
-    List<Step> preprocess = Collections.emptyList();
-    List<Step> postprocess = Collections.emptyList();
-    Long minBatchSize;
-    Long maxBatchSize;
-    Duration maxBatchDuration;
-    VariableLength variableLength = VariableLength.BUCKET;
-    double padValue = 0.0;
-    Long maxModelsPerWorker;
-    Duration watchInterval;
-    String minRam;
-    String accelerator;
-    String metricsNamespace = DEFAULT_METRICS_NAMESPACE;
-    Integer blockSize;
-    PCollection<Row> modelUpdates;
-    String expansionService;
-    PythonEnvironment localPython;
-    ServiceCredentials serviceCredentials;
-    ExpansionServiceClientFactory expansionClient;
-
-    Inference build() {
-      return new Inference(this);
-    }
-  }
-
-  private Builder toBuilder() {
-    Builder b = new Builder();
-    b.models = models;
-    b.keyField = keyField;
-    b.featureFields = featureFields;
-    b.featureMethod = featureMethod;
-    b.passthroughFields = passthroughFields;
-    b.preprocess = preprocess;
-    b.postprocess = postprocess;
-    b.minBatchSize = minBatchSize;
-    b.maxBatchSize = maxBatchSize;
-    b.maxBatchDuration = maxBatchDuration;
-    b.variableLength = variableLength;
-    b.padValue = padValue;
-    b.maxModelsPerWorker = maxModelsPerWorker;
-    b.watchInterval = watchInterval;
-    b.minRam = minRam;
-    b.accelerator = accelerator;
-    b.metricsNamespace = metricsNamespace;
-    b.blockSize = blockSize;
-    b.modelUpdates = modelUpdates;
-    b.expansionService = expansionService;
-    b.localPython = localPython;
-    b.serviceCredentials = serviceCredentials;
-    b.expansionClient = expansionClient;
-    return b;
+  /** This transform with {@code setting} changed; every {@code withX} method returns one. */
+  private <T> Inference with(InferenceConfig.Setting<T> setting, T value) {
+    return new Inference(config.with(setting, value));
   }
 
   /** Inference with one model, which serves every key unless it has {@link Model#withKeys keys}. */
@@ -273,9 +197,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** Inference with the {@code models} of the list; see {@link #of(Model...)}. */
   public static Inference of(List<? extends Model> models) {
-    Builder b = new Builder();
-    b.models = checkModels(models);
-    return b.build();
+    return new Inference(InferenceConfig.DEFAULTS.with(MODELS, checkModels(models)));
   }
 
   private static List<Model> checkModels(List<? extends Model> models) {
@@ -334,17 +256,13 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** The input field whose value keys each inference and picks its model: a string or integer field. Required. */
   public Inference withKeyField(String keyField) {
-    Builder b = toBuilder();
-    b.keyField = requireName("withKeyField()", keyField);
-    return b.build();
+    return with(KEY_FIELD, requireName("withKeyField()", keyField));
   }
 
   /** The input field holding the features: an array of numbers (or a numeric field). Required, or {@link #withFeatureFields}. */
   public Inference withFeatureField(String featureField) {
-    Builder b = toBuilder();
-    b.featureFields = Collections.singletonList(requireName("withFeatureField()", featureField));
-    b.featureMethod = "withFeatureField";
-    return b.build();
+    List<String> fields = Collections.singletonList(requireName("withFeatureField()", featureField));
+    return new Inference(config.with(FEATURE_FIELDS, fields).with(FEATURE_METHOD, "withFeatureField"));
   }
 
   /**
@@ -352,13 +270,11 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * of numbers. Replaces {@link #withFeatureField}.
    */
   public Inference withFeatureFields(String... featureFields) {
-    Builder b = toBuilder();
-    b.featureFields = names("withFeatureFields()", featureFields, false);
-    if (b.featureFields.isEmpty()) {
+    List<String> fields = names("withFeatureFields()", featureFields, false);
+    if (fields.isEmpty()) {
       throw new IllegalArgumentException("withFeatureFields(): name at least one input field");
     }
-    b.featureMethod = "withFeatureFields";
-    return b.build();
+    return new Inference(config.with(FEATURE_FIELDS, fields).with(FEATURE_METHOD, "withFeatureFields"));
   }
 
   /**
@@ -367,25 +283,22 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * example}, {@code inference} or {@code model_id}.
    */
   public Inference withPassthroughFields(String... fields) {
-    Builder b = toBuilder();
-    b.passthroughFields = names("withPassthroughFields()", fields, true);
-    for (String field : b.passthroughFields) {
+    List<String> names = names("withPassthroughFields()", fields, true);
+    for (String field : names) {
       if (OUTPUT_FIELDS.contains(field)) {
         throw new IllegalArgumentException(
             "withPassthroughFields(): \"" + field + "\" clashes with an output field; output fields are "
                 + String.join(", ", OUTPUT_FIELDS));
       }
     }
-    return b.build();
+    return with(PASSTHROUGH_FIELDS, names);
   }
 
   /** Steps applied to the features before the model, in the order given; replaces earlier ones. */
   public Inference withPreprocess(Step... steps) {
     List<Step> checked = Step.list("withPreprocess()", steps);
     StepCatalog.checkStage("withPreprocess()", StepCatalog.PREPROCESS, checked);
-    Builder b = toBuilder();
-    b.preprocess = checked;
-    return b.build();
+    return with(PREPROCESS, checked);
   }
 
   /**
@@ -396,10 +309,8 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   public Inference withPostprocess(Step... steps) {
     List<Step> checked = Step.list("withPostprocess()", steps);
     StepCatalog.checkStage("withPostprocess()", StepCatalog.POSTPROCESS, checked);
-    StepCatalog.kindAfter(models.get(0).getOutput(), checked);
-    Builder b = toBuilder();
-    b.postprocess = checked;
-    return b.build();
+    StepCatalog.kindAfter(config.get(MODELS).get(0).getOutput(), checked);
+    return with(POSTPROCESS, checked);
   }
 
   /** The smallest and largest number of examples per model call (Beam's {@code BatchElements}). */
@@ -413,10 +324,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
           "withBatchSize(" + minSize + ", " + maxSize + "): minSize is larger than maxSize; make "
               + "minSize <= maxSize");
     }
-    Builder b = toBuilder();
-    b.minBatchSize = (long) minSize;
-    b.maxBatchSize = (long) maxSize;
-    return b.build();
+    return new Inference(config.with(MIN_BATCH_SIZE, (long) minSize).with(MAX_BATCH_SIZE, (long) maxSize));
   }
 
   /**
@@ -445,9 +353,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withBlockSize(" + rowsPerBlock + "): rowsPerBlock must be between 1 and " + Blocks.MAX_ROWS_PER_BLOCK);
     }
-    Builder b = toBuilder();
-    b.blockSize = rowsPerBlock;
-    return b.build();
+    return with(BLOCK_SIZE, rowsPerBlock);
   }
 
   /**
@@ -455,9 +361,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * pipelines.
    */
   public Inference withMaxBatchDuration(Duration duration) {
-    Builder b = toBuilder();
-    b.maxBatchDuration = requirePositive("withMaxBatchDuration()", duration);
-    return b.build();
+    return with(MAX_BATCH_DURATION, requirePositive("withMaxBatchDuration()", duration));
   }
 
   /**
@@ -470,10 +374,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withVariableLength(): mode must not be null; allowed: " + Model.names(Arrays.asList(VariableLength.values())));
     }
-    Builder b = toBuilder();
-    b.variableLength = mode;
-    b.padValue = 0.0;
-    return b.build();
+    return new Inference(config.with(VARIABLE_LENGTH, mode).with(PAD_VALUE, 0.0));
   }
 
   /** {@link VariableLength#PAD} with {@code padValue}: pads the last axis to the longest in the batch. */
@@ -490,10 +391,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withVariableLength(PAD, " + padValue + "): padValue must be a finite number");
     }
-    Builder b = toBuilder();
-    b.variableLength = mode;
-    b.padValue = padValue;
-    return b.build();
+    return new Inference(config.with(VARIABLE_LENGTH, mode).with(PAD_VALUE, padValue));
   }
 
   /**
@@ -506,9 +404,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withMaxModelsPerWorker(" + count + "): count must be a positive integer");
     }
-    Builder b = toBuilder();
-    b.maxModelsPerWorker = (long) count;
-    return b.build();
+    return with(MAX_MODELS_PER_WORKER, (long) count);
   }
 
   /** The Beam resource hint {@code min_ram} of the inference step, e.g. {@code 4GB} or {@code 512MiB}. */
@@ -521,30 +417,22 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
               + "); use e.g. \"4GB\" or \"512MiB\"",
           e);
     }
-    Builder b = toBuilder();
-    b.minRam = minRam;
-    return b.build();
+    return with(MIN_RAM, minRam);
   }
 
   /** The Beam resource hint {@code accelerator}, e.g. {@code type:nvidia-tesla-t4;count:1}. */
   public Inference withAccelerator(String accelerator) {
-    Builder b = toBuilder();
-    b.accelerator = requireName("withAccelerator()", accelerator);
-    return b.build();
+    return with(ACCELERATOR, requireName("withAccelerator()", accelerator));
   }
 
-  /** The namespace of the composite's metrics; default {@value #DEFAULT_METRICS_NAMESPACE}. */
+  /** The namespace of the composite's metrics; default {@code InferBridge}. */
   public Inference withMetricsNamespace(String namespace) {
-    Builder b = toBuilder();
-    b.metricsNamespace = requireName("withMetricsNamespace()", namespace);
-    return b.build();
+    return with(METRICS_NAMESPACE, requireName("withMetricsNamespace()", namespace));
   }
 
   /** How often each model's {@link Model#withWatchPattern watch pattern} is checked; default 360 s. */
   public Inference withWatchInterval(Duration interval) {
-    Builder b = toBuilder();
-    b.watchInterval = requirePositive("withWatchInterval()", interval);
-    return b.build();
+    return with(WATCH_INTERVAL, requirePositive("withWatchInterval()", interval));
   }
 
   /**
@@ -572,9 +460,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
                 + describeFields(schema)));
       }
     }
-    Builder b = toBuilder();
-    b.modelUpdates = updates;
-    return b.build();
+    return with(MODEL_UPDATES, updates);
   }
 
   /**
@@ -586,9 +472,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withExpansionService(): expected host:port, e.g. localhost:8097, got " + hostPort);
     }
-    Builder b = toBuilder();
-    b.expansionService = hostPort;
-    return b.build();
+    return with(EXPANSION_SERVICE, hostPort);
   }
 
   /**
@@ -610,9 +494,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "withLocalExpansionService(): python must not be null; use e.g. PythonEnvironment.virtualenv(\"/path/to/venv\")");
     }
-    Builder b = toBuilder();
-    b.localPython = python;
-    return b.build();
+    return with(LOCAL_PYTHON, python);
   }
 
   /**
@@ -637,16 +519,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
           "withServiceCredentials(): credentials must not be null; use e.g. ServiceCredentials.token(token), "
               + "ServiceCredentials.tls(\"/path/to/ca.pem\") or ServiceCredentials.none()");
     }
-    Builder b = toBuilder();
-    b.serviceCredentials = credentials;
-    return b.build();
+    return with(SERVICE_CREDENTIALS, credentials);
   }
 
   /** Expands through {@code client} instead of a gRPC connection; for tests. */
   Inference withExpansionClient(ExpansionServiceClientFactory client) {
-    Builder b = toBuilder();
-    b.expansionClient = client;
-    return b.build();
+    return with(EXPANSION_CLIENT, client);
   }
 
   /**
@@ -662,7 +540,9 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   public Schema outputSchema(Schema inputSchema) {
     checkRequired();
     checkInput(inputSchema);
-    if (blockSize != null) {
+    String keyField = config.get(KEY_FIELD);
+    List<String> passthroughFields = config.get(PASSTHROUGH_FIELDS);
+    if (config.get(BLOCK_SIZE) != null) {
       checkBlocks();
       return Blocks.unpackedSchema(inputSchema, keyField, inferenceKind(), passthroughFields);
     }
@@ -691,14 +571,17 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     Schema schema = input.getSchema();
     Schema expected = outputSchema(schema);
+    PCollection<Row> modelUpdates = config.get(MODEL_UPDATES);
     if (modelUpdates != null && modelUpdates.getPipeline() != input.getPipeline()) {
       throw new IllegalArgumentException(
           "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
     }
+    String service = config.get(EXPANSION_SERVICE);
+    PythonEnvironment python = config.get(LOCAL_PYTHON);
     ServiceCredentials credentials =
-        ExpansionService.credentials("Inference", expansionService, localPython, serviceCredentials);
-    String endpoint = ExpansionService.resolve("Inference", expansionService, localPython);
-    if (blockSize != null) {
+        ExpansionService.credentials("Inference", service, python, config.get(SERVICE_CREDENTIALS));
+    String endpoint = ExpansionService.resolve("Inference", service, python);
+    if (config.get(BLOCK_SIZE) != null) {
       return expandBlocks(input, expected, credentials, endpoint);
     }
     PCollectionTuple outputs =
@@ -719,8 +602,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       PCollection<Row> input, Schema expected, ServiceCredentials credentials, String endpoint) {
     Schema schema = input.getSchema();
     InferenceKind kind = inferenceKind();
+    String keyField = config.get(KEY_FIELD);
+    List<String> passthroughFields = config.get(PASSTHROUGH_FIELDS);
     PackBlocks pack =
-        new PackBlocks(schema, keyField, featureFields, passthroughFields, blockSize, BLOCKS_TAG, PACK_FAILURES_TAG);
+        new PackBlocks(
+            schema, keyField, config.get(FEATURE_FIELDS), passthroughFields, config.get(BLOCK_SIZE), BLOCKS_TAG,
+            PACK_FAILURES_TAG);
     PCollectionTuple packed =
         input.apply("PackBlocks", ParDo.of(pack).withOutputTags(BLOCKS_TAG, TupleTagList.of(PACK_FAILURES_TAG)));
     PCollection<Row> blocks = packed.get(BLOCKS_TAG).setRowSchema(pack.blockSchema());
@@ -785,11 +672,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   private PCollectionTuple applyExternal(
       String name, String urn, PInput externalInput, ServiceCredentials credentials, String endpoint) {
     byte[] payload = InferenceConfig.payload(InferenceConfig.toRow(this));
+    ExpansionServiceClientFactory given = config.get(EXPANSION_CLIENT);
     SecureExpansionServiceClientFactory secure =
-        expansionClient == null && !credentials.isNone()
+        given == null && !credentials.isNone()
             ? new SecureExpansionServiceClientFactory("Inference", credentials)
             : null;
-    ExpansionServiceClientFactory client = expansionClient != null ? expansionClient : secure;
+    ExpansionServiceClientFactory client = given != null ? given : secure;
     External.SingleOutputExpandableTransform<PInput, Row> external =
         client == null
             ? External.<PInput, Row>of(urn, payload, endpoint)
@@ -811,6 +699,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * names of the expansion request, which the Python composite reads).
    */
   PInput externalInput(PCollection<Row> rows) {
+    PCollection<Row> modelUpdates = config.get(MODEL_UPDATES);
     if (modelUpdates == null) {
       return rows;
     }
@@ -819,7 +708,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** The kind of the inference after the models and the postprocessing. */
   InferenceKind inferenceKind() {
-    return StepCatalog.kindAfter(models.get(0).getOutput(), postprocess);
+    return StepCatalog.kindAfter(config.get(MODELS).get(0).getOutput(), config.get(POSTPROCESS));
   }
 
   /** The output {@code tag} of the expanded composite, if it has the {@code expected} schema. */
@@ -838,7 +727,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     PCollection<Row> output = outputs.get(tag);
     if (!output.hasSchema() || !output.getSchema().equivalent(expected)) {
-      for (Step step : postprocess) {
+      for (Step step : config.get(POSTPROCESS)) {
         if (step.getProducing() != null) {
           mismatch += ", or a step's producing() differs from what its Python definition produces";
           break;
@@ -855,17 +744,19 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   /** The settings the packed-blocks path cannot serve. */
   private void checkBlocks() {
     InferenceKind kind = inferenceKind();
+    List<Step> postprocess = config.get(POSTPROCESS);
+    Integer blockSize = config.get(BLOCK_SIZE);
     if (!Blocks.supports(kind)) {
       String from =
           postprocess.isEmpty()
-              ? "the model output " + models.get(0).getOutput()
+              ? "the model output " + config.get(MODELS).get(0).getOutput()
               : "the postprocessing step '" + postprocess.get(postprocess.size() - 1).getName() + "'";
       throw new IllegalArgumentException(
           "Inference: withBlockSize(" + blockSize + ") cannot carry an inference of kind " + kind.wireName()
               + " (" + Blocks.describe(kind.fieldType()) + ", from " + from + "); blocks carry vector, number, integer and "
               + "label inferences; remove withBlockSize() to use the row path, which carries every kind");
     }
-    for (String field : passthroughFields) {
+    for (String field : config.get(PASSTHROUGH_FIELDS)) {
       if (Blocks.FIELDS.contains(field)) {
         throw new IllegalArgumentException(
             "Inference: withPassthroughFields(\"" + field + "\") clashes with a field of the blocks of "
@@ -876,15 +767,16 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   }
 
   private void checkRequired() {
-    if (keyField == null) {
+    if (config.get(KEY_FIELD) == null) {
       throw new IllegalStateException("Inference: withKeyField() is required");
     }
-    if (featureFields == null) {
+    if (config.get(FEATURE_FIELDS) == null) {
       throw new IllegalStateException("Inference: withFeatureField() or withFeatureFields() is required");
     }
   }
 
   private void checkInput(Schema schema) {
+    String keyField = config.get(KEY_FIELD);
     checkField(schema, "withKeyField", keyField);
     TypeName keyType = schema.getField(keyField).getType().getTypeName();
     if (!KEY_TYPES.contains(keyType)) {
@@ -892,7 +784,8 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
           "Inference: withKeyField(\"" + keyField + "\") has type " + keyType
               + "; allowed: a string or integer field");
     }
-    for (String field : featureFields) {
+    String featureMethod = config.get(FEATURE_METHOD);
+    for (String field : config.get(FEATURE_FIELDS)) {
       checkField(schema, featureMethod, field);
       FieldType type = schema.getField(field).getType();
       if (!isNumbers(type)) {
@@ -903,7 +796,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
                 + "; allowed: an array of numbers, or a numeric field");
       }
     }
-    for (String field : passthroughFields) {
+    for (String field : config.get(PASSTHROUGH_FIELDS)) {
       checkField(schema, "withPassthroughFields", field);
     }
   }
@@ -960,75 +853,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return duration;
   }
 
-  List<Model> models() {
-    return models;
-  }
-
-  String keyField() {
-    return keyField;
-  }
-
-  List<String> featureFields() {
-    return featureFields;
-  }
-
-  List<String> passthroughFields() {
-    return passthroughFields;
-  }
-
-  List<Step> preprocess() {
-    return preprocess;
-  }
-
-  List<Step> postprocess() {
-    return postprocess;
-  }
-
-  Long minBatchSize() {
-    return minBatchSize;
-  }
-
-  Long maxBatchSize() {
-    return maxBatchSize;
-  }
-
-  Double maxBatchDurationSecs() {
-    return maxBatchDuration == null ? null : maxBatchDuration.getMillis() / 1000.0;
-  }
-
-  VariableLength variableLength() {
-    return variableLength;
-  }
-
-  double padValue() {
-    return padValue;
-  }
-
-  Long maxModelsPerWorker() {
-    return maxModelsPerWorker;
-  }
-
-  double watchIntervalSecs() {
-    return watchInterval == null ? DEFAULT_WATCH_INTERVAL_SECS : watchInterval.getMillis() / 1000.0;
-  }
-
-  String minRam() {
-    return minRam;
-  }
-
-  String accelerator() {
-    return accelerator;
+  /** Every setting, for the configuration Row ({@link InferenceConfig#toRow()}) and tests. */
+  InferenceConfig config() {
+    return config;
   }
 
   Integer blockSize() {
-    return blockSize;
-  }
-
-  String metricsNamespace() {
-    return metricsNamespace;
-  }
-
-  PCollection<Row> modelUpdates() {
-    return modelUpdates;
+    return config.get(BLOCK_SIZE);
   }
 }

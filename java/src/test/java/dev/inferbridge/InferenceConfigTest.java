@@ -170,6 +170,20 @@ public class InferenceConfigTest {
   }
 
   @Test
+  public void javaOnlySettingsStayOutOfTheRowAndLiveServicesAreNotSerialized() {
+    Inference inference =
+        everything()
+            .withBlockSize(10)
+            .withExpansionService("localhost:8097")
+            .withServiceCredentials(ServiceCredentials.token("secret"));
+    assertEquals(InferenceConfig.toRow(everything()), InferenceConfig.toRow(inference));
+    InferenceConfig clone = SerializableUtils.clone(inference).config();
+    assertEquals(Integer.valueOf(10), clone.get(InferenceConfig.BLOCK_SIZE));
+    assertEquals("localhost:8097", clone.get(InferenceConfig.EXPANSION_SERVICE));
+    assertNull(clone.get(InferenceConfig.SERVICE_CREDENTIALS));
+  }
+
+  @Test
   public void unsetOptionsTakeTheCompositeDefaults() {
     Row config =
         InferenceConfig.toRow(Inference.of(SklearnModel.pickle("/m.pkl")).withKeyField("k").withFeatureField("f"));

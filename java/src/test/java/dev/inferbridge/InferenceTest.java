@@ -202,7 +202,7 @@ public class InferenceTest {
         .withFeatureField("pixels")
         .withPostprocess(Step.argmax());
     assertEquals(FieldType.INT64, inferenceType(mixed));
-    assertEquals(3, mixed.models().size());
+    assertEquals(3, mixed.config().get(InferenceConfig.MODELS).size());
   }
 
   @Test
@@ -235,7 +235,7 @@ public class InferenceTest {
         message(() -> BASE.withPreprocess(Step.named("clip", Collections.<String, Object>emptyMap()).producing(InferenceKind.VECTOR))));
     assertEquals("withPreprocess(): steps[1] is null", message(() -> BASE.withPreprocess(Step.scale(2), null)));
     assertEquals("withPostprocess(): steps must not be null", message(() -> BASE.withPostprocess((Step[]) null)));
-    assertEquals(1, BASE.withPreprocess(Step.named("clip", Collections.singletonMap("low", 0))).preprocess().size());
+    assertEquals(1, BASE.withPreprocess(Step.named("clip", Collections.singletonMap("low", 0))).config().get(InferenceConfig.PREPROCESS).size());
   }
 
   @Test
@@ -277,7 +277,7 @@ public class InferenceTest {
     assertEquals(
         "withMetricsNamespace(): must be a non-empty string, got null", message(() -> BASE.withMetricsNamespace(null)));
     for (String size : Arrays.asList("4GB", "512MiB", "1.5 GiB", "1000B")) {
-      assertEquals(size, BASE.withMinRam(size).minRam());
+      assertEquals(size, BASE.withMinRam(size).config().get(InferenceConfig.MIN_RAM));
     }
   }
 

@@ -2,9 +2,9 @@ package dev.inferbridge.benchmarks;
 
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
-import dev.inferbridge.examples.LocalPortableRun;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -24,8 +24,8 @@ import org.apache.beam.sdk.coders.DoubleCoder;
 import org.apache.beam.sdk.coders.IterableCoder;
 import org.apache.beam.sdk.coders.VarLongCoder;
 import org.apache.beam.sdk.extensions.python.transforms.RunInference;
+import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
-import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
 import org.apache.beam.sdk.transforms.Combine;
@@ -224,18 +224,19 @@ public final class JavaThroughput {
     out.put("shards", flags.shards);
     out.put("poll_ms", flags.pollMillis);
 
-    PortablePipelineOptions options =
-        PipelineOptionsFactory.fromArgs(LocalPortableRun.withDefaults(flags.beamArgs.toArray(new String[0])))
-            .as(PortablePipelineOptions.class);
-    if (options.getJobEndpoint() == null) {
-      out.put("error", "no job service: pass --jobEndpoint=host:port or set $" + LocalPortableRun.JOB_ENDPOINT_ENV);
+    PipelineOptions options = PipelineOptionsFactory.fromArgs(flags.beamArgs.toArray(new String[0])).create();
+    LocalRun javaWorkers;
+    try {
+      javaWorkers = LocalRun.start(options);
+    } catch (IllegalArgumentException | IllegalStateException e) {
+      // No job service, or another runner: a bad flag.
+      out.put("error", e.getMessage());
       System.out.println(Json.object(out));
       System.exit(2);
       return;
     }
     Path tally = Files.createTempFile("javathroughput-tally", ".txt");
     Path failureTally = Files.createTempFile("javathroughput-failures", ".txt");
-    LocalPortableRun javaWorkers = LocalPortableRun.start(options);
     double seconds;
     double buildSeconds;
     long runStartNanos;

@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.Evaluate;
 import dev.inferbridge.Inference;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
@@ -31,7 +32,7 @@ public final class AbComparison {
 
   public static void main(String[] args) throws Exception {
     ExampleOptions options = ExampleOptions.parse(args);
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       PCollection<Row> digits = ExampleIo.digits(pipeline, options);
       PCollection<Row> a = digits.apply("ModelA", classify(SklearnModel.pickle(ExampleIo.data(options, "digits.pkl").toString()), "a")).getInferences();

@@ -1,6 +1,7 @@
 package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
@@ -23,7 +24,7 @@ public final class Cascade {
 
   public static void main(String[] args) throws Exception {
     ExampleOptions options = ExampleOptions.parse(args);
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       PCollection<Row> digits = ExampleIo.digits(pipeline, options);
       PCollection<Row> probabilities =

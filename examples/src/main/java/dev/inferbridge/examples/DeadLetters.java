@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import java.util.ArrayList;
@@ -44,7 +45,7 @@ public final class DeadLetters {
     for (String[] cells : ExampleIo.csvCells(input)) {
       rows.add(Row.withSchema(LENIENT_SCHEMA).addValues(Long.parseLong(cells[0]), pixels(cells)).build());
     }
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       InferenceResult result =
           pipeline

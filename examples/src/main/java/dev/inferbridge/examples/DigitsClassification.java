@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.Model;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
@@ -20,8 +21,8 @@ import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.PipelineResult;
 import org.apache.beam.sdk.options.Default;
 import org.apache.beam.sdk.options.Description;
+import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
-import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
 import org.apache.beam.sdk.transforms.Combine;
 import org.apache.beam.sdk.transforms.Count;
@@ -58,7 +59,7 @@ import org.apache.beam.sdk.values.TypeDescriptors;
 public final class DigitsClassification {
 
   /** Options of the example. */
-  public interface Options extends PortablePipelineOptions {
+  public interface Options extends PipelineOptions {
     @Description("Directory written by examples/digits/train_model.py")
     @Validation.Required
     String getModelDir();
@@ -97,10 +98,8 @@ public final class DigitsClassification {
 
   public static void main(String[] args) throws Exception {
     Options options =
-        PipelineOptionsFactory.fromArgs(LocalPortableRun.withDefaults(args))
-            .withValidation()
-            .as(Options.class);
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+        PipelineOptionsFactory.fromArgs(LocalRun.withDefaults(args)).withValidation().as(Options.class);
+    try (LocalRun local = LocalRun.start(options)) {
       run(options);
     }
   }

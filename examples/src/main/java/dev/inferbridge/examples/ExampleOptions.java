@@ -1,8 +1,9 @@
 package dev.inferbridge.examples;
 
+import dev.inferbridge.LocalRun;
 import org.apache.beam.sdk.options.Description;
+import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
-import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.options.Validation;
 
 /**
@@ -10,7 +11,7 @@ import org.apache.beam.sdk.options.Validation;
  * and job services come from {@code $INFERBRIDGE_EXPANSION_SERVICE} and
  * {@code $INFERBRIDGE_JOB_ENDPOINT}, which {@code inferbridge-local} sets.
  */
-public interface ExampleOptions extends PortablePipelineOptions {
+public interface ExampleOptions extends PipelineOptions {
   @Description("Directory written by examples/digits/train_model.py and train_examples.py")
   @Validation.Required
   String getDataDir();
@@ -23,13 +24,13 @@ public interface ExampleOptions extends PortablePipelineOptions {
 
   void setOutputDir(String value);
 
-  /** Parses {@code args} with the local portable runner as default. */
+  /** Parses and validates {@code args}, with the local run's runner and job service. */
   static ExampleOptions parse(String[] args) {
     return parse(args, ExampleOptions.class);
   }
 
-  /** Parses {@code args} as {@code type}, an example's own options, with the same defaults. */
+  /** {@link #parse(String[])} as {@code type}, an example's own options. */
   static <T extends ExampleOptions> T parse(String[] args, Class<T> type) {
-    return PipelineOptionsFactory.fromArgs(LocalPortableRun.withDefaults(args)).withValidation().as(type);
+    return PipelineOptionsFactory.fromArgs(LocalRun.withDefaults(args)).withValidation().as(type);
   }
 }

@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.OnnxModel;
 import dev.inferbridge.SklearnModel;
@@ -55,7 +56,7 @@ public final class OptionsTour {
               .build());
     }
     String onnx = ExampleIo.data(options, "digits.onnx").toString();
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       PCollection<Row> updates =
           pipeline.apply(

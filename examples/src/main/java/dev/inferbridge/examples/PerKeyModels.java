@@ -1,6 +1,7 @@
 package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import java.util.ArrayList;
@@ -36,7 +37,7 @@ public final class PerKeyModels {
       long id = digit.getInt64("id");
       rows.add(Row.withSchema(REGIONAL_SCHEMA).addValues(id, REGIONS[(int) (id % 6)], digit.getArray("pixels")).build());
     }
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       ExampleIo.writeLines(
           pipeline

@@ -1,6 +1,7 @@
 package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.PytorchModel;
 import dev.inferbridge.Step;
 import org.apache.beam.sdk.Pipeline;
@@ -21,7 +22,7 @@ public final class PytorchDigits {
 
   public static void main(String[] args) throws Exception {
     ExampleOptions options = ExampleOptions.parse(args);
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       ExampleIo.writeLines(
           ExampleIo.digits(pipeline, options)

@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
+import dev.inferbridge.LocalRun;
 import dev.inferbridge.ModelOutput;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
@@ -124,7 +125,7 @@ public final class StreamingModelUpdate {
     Files.deleteIfExists(models.resolve("digits-2.pkl"));
     Files.copy(ExampleIo.data(options, "digits.pkl"), models.resolve("digits-1.pkl"), StandardCopyOption.REPLACE_EXISTING);
 
-    try (LocalPortableRun local = LocalPortableRun.start(options)) {
+    try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
       PCollection<Row> digits =
           pipeline

@@ -1,0 +1,174 @@
+"""PyTorch: Beam's ``PytorchModelHandlerTensor``; inputs become float32 tensors on the device.
+
+A ``state_dict`` is loaded with ``torch.load(weights_only=True)`` into ``options.model_class``,
+which the load policy must allow (importing it runs its module's code); TorchScript, loaded with
+``torch.jit.load``, runs code when loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+
+from inferbridge.frameworks.base import (
+    DEVICE,
+    VECTOR_OR_NUMBER,
+    Framework,
+    Option,
+    check_options,
+    import_library,
+    matrix,
+    results,
+)
+
+if TYPE_CHECKING:
+    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+    from inferbridge.model_files import ModelFile
+    from inferbridge.policy import LoadPolicy
+    from inferbridge.spec import Model
+
+OPTIONS = {
+    "state_dict": {
+        "model_class": Option(str, required=True, help="the torch.nn.Module class, 'module:Class'"),
+        "model_params": Option(dict, help="keyword arguments for model_class"),
+        "device": DEVICE,
+    },
+    "torchscript": {"device": DEVICE},
+}
+
+
+def _check(model: Model, where: str) -> None:
+    check_options(OPTIONS[model.format], model, where)
+    if "model_class" in model.options:
+        _split_class_path(model.options["model_class"], f"{where}.options.model_class")
+
+
+def _split_class_path(path: Any, where: str) -> tuple[str, str]:
+    """("module", "Class") from "module:Class" or "module.Class"."""
+    if isinstance(path, str):
+        module, sep, name = path.partition(":") if ":" in path else path.rpartition(".")
+        parts = module.split(".") + name.split(".")
+        if sep and all(part.isidentifier() for part in parts):
+            return module, name
+    raise ValueError(f"{where}={path!r} is not a class path; allowed: 'package.module:Class'")
+
+
+def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandler:
+    pytorch_inference = import_library(
+        "apache_beam.ml.inference.pytorch_inference", "torch", f"{where}.framework='pytorch'"
+    )
+    device = "GPU" if model.options.get("device") == "cuda" else "CPU"
+    if model.format == "torchscript":
+        return pytorch_inference.PytorchModelHandlerTensor(
+            torch_script_model_path=uri, device=device, inference_fn=_inference
+        )
+    return pytorch_inference.PytorchModelHandlerTensor(
+        state_dict_path=uri,
+        model_class=_import_model_class(model.options["model_class"], policy, f"{where}.options.model_class"),
+        model_params=dict(model.options.get("model_params") or {}),
+        device=device,
+        inference_fn=_inference,
+        load_model_args={"weights_only": True},
+    )
+
+
+def _import_model_class(path: str, policy: LoadPolicy, where: str) -> type:
+    """Imports a torch.nn.Module subclass; call only after the policy allowed ``path``.
+
+    The class found must itself be defined under an allowed prefix: a name such as
+    ``allowed_module:nn.Linear`` would otherwise reach a class of any module through the
+    allowed module's attributes.
+    """
+    import torch
+
+    module_name, name = _split_class_path(path, where)
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{where}={path!r} cannot be imported: {e}") from e
+    if not isinstance(found, type):
+        raise ValueError(f"{where}={path!r} is not a class")
+    defined_in = getattr(found, "__module__", None)
+    try:
+        policy.check_model_class(f"{defined_in}:{found.__qualname__}", where)
+    except ValueError:
+        raise ValueError(
+            f"{where}={path!r} is a class defined in module {defined_in!r}, which is not under an "
+            f"allowed model class prefix ({', '.join(policy.allowed_model_classes) or 'none'}); "
+            "name the class by the module that defines it, and allow that module"
+        ) from None
+    if not issubclass(found, torch.nn.Module):
+        raise ValueError(f"{where}={path!r} is not a torch.nn.Module subclass")
+    return found
+
+
+def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
+    import torch
+
+    wanted = model.options.get("device") == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda" if wanted else "cpu")
+    if model.format == "torchscript":
+        net = torch.jit.load(file.file, map_location=device)
+    else:
+        model_class = _import_model_class(model.options["model_class"], policy, f"{where}.options.model_class")
+        net = model_class(**dict(model.options.get("model_params") or {}))
+        net.load_state_dict(torch.load(file.file, map_location=device, weights_only=True))
+        net.requires_grad_(False)
+    net.to(device)
+    net.eval()
+    return net
+
+
+def _inference(
+    batch: Sequence[np.ndarray],
+    model: Any,
+    device: Any,
+    inference_args: Any = None,
+    model_id: Any = None,
+) -> list[PredictionResult]:
+    # Beam's ``device`` is the one asked for; the model's own is where it was loaded.
+    return results(batch, _outputs(batch, model, inference_args))
+
+
+def _outputs(batch: Sequence[np.ndarray] | np.ndarray, model: Any, inference_args: Any = None) -> np.ndarray:
+    import torch
+
+    weights = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = weights.device if weights is not None else torch.device("cpu")
+    with torch.no_grad():
+        inputs = torch.from_numpy(matrix(batch).astype(np.float32, copy=False)).to(device)
+        outputs = model(inputs, **(inference_args or {}))
+    return outputs.detach().cpu().numpy()
+
+
+def _predict(
+    model: Model, loaded: Any, features: np.ndarray, inference_args: Optional[dict[str, Any]], where: str
+) -> Any:
+    return _outputs(features, loaded, inference_args)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+FRAMEWORK = Framework(
+    name="pytorch",
+    formats=tuple(OPTIONS),
+    outputs=VECTOR_OR_NUMBER,
+    check=_check,
+    build=_build,
+    load=_load,
+    options=OPTIONS,
+    safe_formats=("state_dict",),
+    class_option="model_class",
+    predict=_predict,
+    cuda_available=_cuda_available,
+)

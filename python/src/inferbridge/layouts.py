@@ -1,0 +1,630 @@
+"""Layouts: how the elements of a PCollection become blocks of rows, and outputs become elements.
+
+The engine (engine.py) sees only ``Block``s: a matrix of features with the keys, passthrough
+values and timestamps of its rows. A layout reads its elements into ``Columns`` and writes the
+served rows back:
+
+- ``RowLayout``: schema'd Rows, gathered from a bundle (the ``Inference`` composite); one output
+  Row per served row, with its own timestamp;
+- ``ArrowLayout``: ``pyarrow.RecordBatch`` or ``Table`` elements, RecordBatches out;
+- ``WireLayout``: packed block Rows from the Java wrapper, packed block Rows out:
+    in:  key ARRAY<INT64|STRING>, features BYTES (float64 little-endian, row-major),
+         feature_count INT32, then each passthrough field as ARRAY<T>
+    out: key, inference (BYTES: float64 vectors/numbers or int64 integers; ARRAY<STRING>
+         labels), inference_width INT32, model_id STRING, then the passthrough fields.
+
+A value that cannot be the declared kind of inference fails its own row at stage ``output``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import typing
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.typehints.row_type import RowTypeConstraint
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from inferbridge import steps
+from inferbridge.engine import Failed, describe_element
+from inferbridge.spec import InferenceSpec, input_fields
+
+WIRE_FIELDS = ("key", "features", "feature_count")
+_WIRE_INFERENCE = {
+    steps.VECTOR: (bytes, "<f8"),
+    steps.NUMBER: (bytes, "<f8"),
+    steps.INTEGER: (bytes, "<i8"),
+    steps.LABEL: (typing.Sequence[str], None),
+}
+_ARROW_KINDS = (steps.VECTOR, steps.NUMBER, steps.INTEGER, steps.LABEL, steps.MAP)
+
+# Per kind of inference value: the Beam type of an output Row's ``inference`` field, and the
+# conversion of one value to it.
+INFERENCE_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    steps.VECTOR: (typing.Sequence[float], lambda v: [float(x) for x in np.ravel(v)]),
+    steps.NUMBER: (float, float),
+    steps.INTEGER: (int, int),
+    steps.LABEL: (str, lambda v: v if isinstance(v, str) else str(v)),
+    steps.MAP: (typing.Mapping[str, float], lambda v: {str(k): float(x) for k, x in dict(v).items()}),
+    steps.ANY: (typing.Any, lambda v: v),
+}
+
+
+# --- Blocks and columns --------------------------------------------------------------------------
+
+
+class Columns:
+    """Rows read from elements, as columns: keys, the feature matrix per shape, passthrough values.
+
+    ``groups`` are (row positions, float64 matrix) pairs, one per feature shape; ``bad`` are the
+    rows that cannot be read, with why. Columns are pyarrow arrays (Arrow layout) or numpy
+    arrays; ``take`` and ``value`` hide which. ``timestamps`` are each row's own, in
+    microseconds, where the rows of a block have different ones (else None).
+    """
+
+    __slots__ = ("size", "keys", "groups", "passthrough", "bad", "describe", "timestamps")
+
+    def __init__(self, size, keys, groups, passthrough, bad, describe, timestamps=None) -> None:
+        self.size, self.keys, self.groups, self.passthrough, self.bad, self.describe = (
+            size, keys, groups, passthrough, bad, describe
+        )
+        self.timestamps = timestamps
+
+
+class Block:
+    """Rows on their way through the models: columns, the feature matrix, the index (in
+    spec.models) of the model that serves each row (None: the only model), and once the models
+    ran, their ``engine.Outcome``."""
+
+    __slots__ = ("keys", "features", "models", "passthrough", "describe", "positions", "timestamp", "timestamps", "outcome")
+
+    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp, timestamps=None) -> None:
+        self.keys, self.features, self.models, self.passthrough = keys, features, models, passthrough
+        self.describe, self.positions, self.timestamp, self.timestamps = describe, positions, timestamp, timestamps
+        self.outcome = None
+
+    def model_index(self, row: int) -> int:
+        return 0 if self.models is None else int(self.models[row])
+
+    def timestamp_of(self, row: int) -> Timestamp:
+        return self.timestamp if self.timestamps is None else Timestamp(micros=int(self.timestamps[row]))
+
+
+class _BlockCoder(beam.coders.Coder):
+    """Pickles blocks; estimates their size from the features (Beam samples element sizes,
+    and pickling a block only to measure it costs as much as moving it)."""
+
+    def encode(self, value: Block) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Block:
+        return pickle.loads(encoded)
+
+    def estimate_size(self, value: Block) -> int:
+        return value.features.nbytes
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
+beam.coders.registry.register_coder(Block, _BlockCoder)
+
+
+def take(column: Any, positions: Any) -> Any:
+    if isinstance(column, np.ndarray):
+        return column[positions]
+    return column.take(positions)
+
+
+def value(column: Any, i: int) -> Any:
+    if isinstance(column, np.ndarray):
+        item = column[i]
+        return item.item() if isinstance(item, np.generic) else item
+    return column[i].as_py()
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """One object per row (numpy would make nested lists a matrix)."""
+    column = np.empty(len(values), dtype=object)
+    for i, item in enumerate(values):
+        column[i] = item
+    return column
+
+
+# --- Rows -----------------------------------------------------------------------------------------
+
+
+class _RowList:
+    """Describes a gathered Row, for its failure Row: its fields, as JSON."""
+
+    def __init__(self, rows: list) -> None:
+        self._rows = rows
+
+    def __call__(self, i: int) -> str:
+        return describe_element(self._rows[i])
+
+
+class RowLayout:
+    """Rows in, gathered from a bundle into blocks; one output Row per served row.
+
+    Keys are emitted as strings when the input's key type is (or is unknown), else as given.
+    Output Rows carry the model input as ``example`` and get their input row's timestamp back.
+    """
+
+    gathers = True
+    keeps_inputs = True
+    one_model_per_block = False
+    output_type = None
+
+    def __init__(self, spec: InferenceSpec, convert_key: bool) -> None:
+        self._spec = spec
+        self._convert_key = convert_key
+
+    def read(self, rows: list) -> Columns:
+        try:
+            columns = self._read_all(rows)
+        except Exception:  # noqa: BLE001 - some row is bad: read each, to say which and why
+            columns = None
+        return columns or self._read_each(rows)
+
+    def _read_all(self, rows: list) -> Optional[Columns]:
+        """Every row at once, for the common case: no nulls, numbers of one shape."""
+        spec = self._spec
+        keys = [getattr(row, spec.key_field) for row in rows]
+        if None in keys:
+            return None
+        arrays = [np.asarray([getattr(row, name) for row in rows], dtype=np.float64) for name in spec.feature_fields]
+        if len(arrays) == 1:
+            matrix = arrays[0] if arrays[0].ndim > 1 else arrays[0].reshape(len(rows), 1)
+        else:
+            matrix = np.hstack([a.reshape(len(rows), -1) for a in arrays])
+        # NaN may stand for a null inside an array, and an empty array has nothing to predict on.
+        if matrix.size == 0 or matrix.shape[1] == 0 or np.isnan(matrix).any():
+            return None
+        passthrough = {name: _objects([getattr(row, name) for row in rows]) for name in spec.passthrough_fields}
+        return Columns(len(rows), self._keys(keys), [(np.arange(len(rows)), matrix)], passthrough, {}, _RowList(rows))
+
+    def _read_each(self, rows: list) -> Columns:
+        spec = self._spec
+        keys: list[Any] = [None] * len(rows)
+        passthrough: dict[str, list] = {name: [None] * len(rows) for name in spec.passthrough_fields}
+        bad: dict[int, BaseException] = {}
+        shapes: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for i, row in enumerate(rows):
+            try:
+                key = getattr(row, spec.key_field)
+                if key is None:
+                    raise ValueError(f"key_field {spec.key_field!r} is null")
+                keys[i] = key
+                features = _features(row, spec.feature_fields)
+                for name in spec.passthrough_fields:
+                    passthrough[name][i] = getattr(row, name)
+            except Exception as e:  # noqa: BLE001 - any bad row becomes a failure Row
+                bad[i] = e
+                continue
+            shapes.setdefault(features.shape, []).append((i, features))
+        groups = [
+            (np.array([i for i, _ in members]), np.stack([x for _, x in members])) for members in shapes.values()
+        ]
+        return Columns(
+            len(rows), self._keys(keys), groups, {n: _objects(v) for n, v in passthrough.items()}, bad, _RowList(rows)
+        )
+
+    def _keys(self, keys: list) -> np.ndarray:
+        if self._convert_key:
+            keys = [k if isinstance(k, str) or k is None else str(k) for k in keys]
+        return _objects(keys)
+
+    def write(self, block: Block, served: np.ndarray, outputs: Any, inputs: Any, ids: Sequence[str], kind: str, windows: tuple):
+        """(WindowedValue of each output Row, rows written, {row: Failed} for wrong values)."""
+        count = len(served)
+        values, wrong = _field_values(kind, outputs)
+        examples = inputs.reshape(count, -1).astype(np.float64, copy=False).tolist()
+        keys = take(block.keys, served).tolist()
+        if block.models is None:
+            model_ids: Iterable[str] = itertools.repeat(ids[0], count)
+        else:
+            model_ids = [ids[m] for m in block.models[served].tolist()]
+        make = beam.Row
+        if block.passthrough:
+            names = ["key", "example", "inference", "model_id", *block.passthrough]
+            passthrough = [take(column, served).tolist() for column in block.passthrough.values()]
+            rows = [make(**dict(zip(names, row))) for row in zip(keys, examples, values, model_ids, *passthrough)]
+        else:
+            rows = [make(key=k, example=x, inference=v, model_id=m) for k, x, v, m in zip(keys, examples, values, model_ids)]
+        bad = {int(served[j]): Failed("output", None, error) for j, error in wrong.items()}
+        if wrong:
+            rows = [row for j, row in enumerate(rows) if j not in wrong]
+            served = np.delete(served, list(wrong))
+        if block.timestamps is None:
+            # One timestamp for the block: copies of one WindowedValue spare parsing it per row.
+            with_value = WindowedValue(None, block.timestamp, windows).with_value
+            elements = [with_value(row) for row in rows]
+        else:
+            micros = block.timestamps[served].tolist()
+            elements = [WindowedValue(row, Timestamp(micros=m), windows) for row, m in zip(rows, micros)]
+        return elements, len(elements), bad
+
+
+def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
+    """The features of ``row``: one array field as is, or several fields concatenated."""
+    values = []
+    for name in fields:
+        value = getattr(row, name)
+        if value is None:
+            raise ValueError(f"feature field {name!r} is null")
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"feature field {name!r} is not numeric: {value!r}") from None
+        if array.size == 0:
+            raise ValueError(f"feature field {name!r} is empty; a model needs at least one number")
+        if np.isnan(array).any():
+            nulls = [i for i, v in enumerate(np.ravel(np.asarray(value, dtype=object))) if v is None]
+            if nulls:
+                raise ValueError(f"feature field {name!r} holds a null at position {nulls[0]}")
+        values.append(array)
+    if len(values) == 1:
+        return values[0] if values[0].ndim else values[0].reshape(1)
+    return np.concatenate([np.ravel(v) for v in values])
+
+
+def _field_values(kind: str, outputs: Any) -> tuple[list, dict[int, BaseException]]:
+    """Output Row ``inference`` values, and the rows whose value cannot be ``kind``, with why."""
+    count = len(outputs)
+    numeric = isinstance(outputs, np.ndarray) and outputs.dtype.kind in "biuf"
+    if numeric and kind == steps.VECTOR:
+        return outputs.reshape(count, -1).astype(np.float64, copy=False).tolist(), {}
+    if numeric and kind == steps.NUMBER and outputs.ndim == 1:
+        return outputs.astype(np.float64, copy=False).tolist(), {}
+    if numeric and kind == steps.INTEGER and outputs.ndim == 1 and outputs.dtype.kind in "biu":
+        return outputs.astype(np.int64, copy=False).tolist(), {}
+    convert = INFERENCE_FIELDS[kind][1]
+    values: list[Any] = [None] * count
+    wrong: dict[int, BaseException] = {}
+    for i in range(count):
+        try:
+            values[i] = convert(outputs[i])
+        except Exception as e:  # noqa: BLE001
+            wrong[i] = ValueError(f"cannot make the inference {outputs[i]!r} a {kind}: {e}")
+    return values, wrong
+
+
+def _check_values(kind: str, outputs: Any) -> dict[int, BaseException]:
+    """The rows whose value cannot be ``kind`` in a block (per-row, after a block write failed)."""
+    return _field_values(kind, outputs)[1]
+
+
+# --- Arrow record batches ------------------------------------------------------------------------
+
+
+class _ArrowRows:
+    """Describes a row of a RecordBatch, for its failure Row: every column, as JSON."""
+
+    def __init__(self, batch: Any) -> None:
+        self._batch = batch
+
+    def __call__(self, i: int) -> str:
+        batch = self._batch
+        return describe_element(beam.Row(**{n: batch.column(n)[i].as_py() for n in batch.schema.names}))
+
+
+class ArrowLayout:
+    """pyarrow RecordBatches (or Tables) in, RecordBatches out."""
+
+    gathers = False
+    keeps_inputs = False
+    output_type = None
+    one_model_per_block = False
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        self._spec = spec
+
+    def split(self, element: Any) -> Iterable[Any]:
+        import pyarrow as pa
+
+        if isinstance(element, pa.Table):
+            return element.to_batches()
+        return [element]
+
+    def read(self, batch: Any) -> Columns:
+        import pyarrow as pa
+
+        spec = self._spec
+        if not isinstance(batch, pa.RecordBatch):
+            raise TypeError(
+                f"BlockInference takes pyarrow RecordBatch or Table elements; got "
+                f"{type(batch).__name__}. Use Inference for one row per element"
+            )
+        size = batch.num_rows
+        names = batch.schema.names
+        wanted = [spec.key_field, *spec.feature_fields, *spec.passthrough_fields]
+        missing = [name for name in wanted if name not in names]
+        bad: dict[int, BaseException] = {}
+        keys = batch.column(spec.key_field) if spec.key_field in names else None
+        passthrough = {n: batch.column(n) for n in spec.passthrough_fields if n in names}
+        describe = _ArrowRows(batch)
+
+        if missing:
+            error = ValueError(f"the block has no column {missing[0]!r}; its columns: {', '.join(names)}")
+            return Columns(size, keys, [], passthrough, {i: error for i in range(size)}, describe)
+        if not (pa.types.is_integer(keys.type) or pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+            error = ValueError(f"key_field {spec.key_field!r} has Arrow type {keys.type}; allowed: a string or integer column")
+            return Columns(size, keys, [], passthrough, {i: error for i in range(size)}, describe)
+        for i in _null_positions(keys):
+            bad[i] = ValueError(f"key_field {spec.key_field!r} is null")
+        try:
+            groups = self._features(batch, bad)
+        except ValueError as e:  # the layout of the feature columns, the same for every row
+            return Columns(size, keys, [], passthrough, {i: e for i in range(size)}, describe)
+        return Columns(size, keys, groups, passthrough, bad, describe)
+
+    def _features(self, batch: Any, bad: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        spec = self._spec
+        columns = [batch.column(name) for name in spec.feature_fields]
+        listed = [pa.types.is_list(c.type) or pa.types.is_large_list(c.type) or pa.types.is_fixed_size_list(c.type) for c in columns]
+        for name, column, is_list in zip(spec.feature_fields, columns, listed):
+            value_type = column.type.value_type if is_list else column.type
+            if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+                raise ValueError(
+                    f"feature field {name!r} has Arrow type {column.type}; allowed: a list of "
+                    "numbers, or numeric columns"
+                )
+        if any(listed) and len(columns) > 1:
+            raise ValueError(
+                f"feature_fields {list(spec.feature_fields)} mix a list column with others; in "
+                "blocks give one list-of-numbers column, or only numeric columns"
+            )
+        for name, column in zip(spec.feature_fields, columns):
+            for i in _null_positions(column):
+                bad.setdefault(i, ValueError(f"feature field {name!r} is null"))
+        if not listed[0]:
+            matrix = np.column_stack([c.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for c in columns])
+            return self._without(bad, [(np.arange(batch.num_rows), matrix)])
+        column = columns[0]
+        name = spec.feature_fields[0]
+        if pa.types.is_fixed_size_list(column.type) and not column.null_count and not column.values.null_count:
+            width = column.type.list_size
+            if width == 0:
+                raise ValueError(f"feature field {name!r} is empty; a model needs at least one number")
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            return self._without(bad, [(np.arange(batch.num_rows), flat.reshape(batch.num_rows, width).astype(np.float64, copy=False))])
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        valid = ~np.isnan(lengths) if lengths.dtype.kind == "f" else np.ones(len(lengths), bool)
+        positions = np.flatnonzero(valid)
+        lengths = lengths[valid].astype(np.int64)
+        values = column.flatten()
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        if values.null_count:
+            holes = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+            owners = np.searchsorted(starts, holes, side="right") - 1
+            for hole, owner in zip(holes.tolist(), owners.tolist()):
+                bad.setdefault(
+                    int(positions[owner]),
+                    ValueError(f"feature field {name!r} holds a null at position {hole - int(starts[owner])}"),
+                )
+        for row in positions[lengths == 0].tolist():
+            bad.setdefault(row, ValueError(f"feature field {name!r} is empty; a model needs at least one number"))
+        flat = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        if len(positions) and (lengths == lengths[0]).all():
+            return self._without(bad, [(positions, flat.reshape(len(positions), int(lengths[0])))])
+        groups = []
+        for length in np.unique(lengths):
+            members = np.flatnonzero(lengths == length)
+            gather = starts[members][:, None] + np.arange(int(length))
+            groups.append((positions[members], flat[gather]))
+        return self._without(bad, groups)
+
+    @staticmethod
+    def _without(bad: dict, groups: list) -> list:
+        if not bad:
+            return groups
+        drop = np.fromiter(bad, dtype=np.int64)
+        kept = []
+        for positions, matrix in groups:
+            keep = ~np.isin(positions, drop)
+            if keep.any():
+                kept.append((positions[keep], matrix[keep]))
+        return kept
+
+    def write(self, block: Block, served: np.ndarray, outputs: Any, inputs: Any, ids: Sequence[str], kind: str, windows: tuple):
+        return _write_blocks(self, block, served, outputs, ids, kind, windows)
+
+    def write_one(self, keys: Any, inference: np.ndarray, kind: str, model_id: Any, passthrough: dict) -> Any:
+        import pyarrow as pa
+
+        if kind == steps.VECTOR:
+            width = inference.shape[1] if inference.ndim == 2 else 0
+            column = pa.FixedSizeListArray.from_arrays(pa.array(inference.astype(np.float64).ravel()), width)
+        elif kind == steps.NUMBER:
+            column = pa.array(inference.astype(np.float64))
+        elif kind == steps.INTEGER:
+            column = pa.array(inference.astype(np.int64))
+        elif kind == steps.LABEL:
+            column = pa.array([v if isinstance(v, str) else str(v) for v in inference], type=pa.string())
+        else:
+            column = pa.array(
+                [[(str(k), float(x)) for k, x in dict(v).items()] for v in inference],
+                type=pa.map_(pa.string(), pa.float64()),
+            )
+        size = len(inference)
+        model_ids = pa.repeat(model_id, size) if isinstance(model_id, str) else pa.array(model_id, type=pa.string())
+        return pa.RecordBatch.from_arrays(
+            [keys, column, model_ids, *passthrough.values()],
+            names=["key", "inference", "model_id", *passthrough],
+        )
+
+
+def _null_positions(column: Any) -> list[int]:
+    if not column.null_count:
+        return []
+    return np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist()
+
+
+# --- Packed blocks from the Java wrapper ----------------------------------------------------------
+
+
+class _PackedRows:
+    """Describes a row of a packed block: key, features and passthrough fields, as JSON."""
+
+    def __init__(self, key_field: str, keys: Any, feature_name: str, matrix: Optional[np.ndarray], passthrough: dict) -> None:
+        self._key_field, self._keys, self._feature_name = key_field, keys, feature_name
+        self._matrix, self._passthrough = matrix, passthrough
+
+    def __call__(self, i: int) -> str:
+        values = {self._key_field: value(self._keys, i)}
+        if self._matrix is not None:
+            values[self._feature_name] = self._matrix[i].tolist()
+        values.update({name: value(column, i) for name, column in self._passthrough.items()})
+        return describe_element(beam.Row(**values))
+
+
+class WireLayout:
+    """Packed block Rows from the Java wrapper in, packed block Rows out."""
+
+    gathers = False
+    keeps_inputs = False
+    one_model_per_block = True  # model_id is one string per packed block
+
+    def __init__(self, spec: InferenceSpec, fields: dict[str, Any]) -> None:
+        self._spec = spec
+        self._feature_name = spec.feature_fields[0] if len(spec.feature_fields) == 1 else "features"
+        if spec.inference_kind not in _WIRE_INFERENCE:
+            raise ValueError(
+                f"the inference is a {spec.inference_kind} after the postprocess steps, which "
+                f"packed blocks cannot carry (allowed: {', '.join(_WIRE_INFERENCE)}); use the "
+                "row path (no block size) for it"
+            )
+        self.output_type = RowTypeConstraint.from_fields(
+            [
+                ("key", fields["key"]),
+                ("inference", _WIRE_INFERENCE[spec.inference_kind][0]),
+                ("inference_width", np.int32),
+                ("model_id", str),
+                *[(name, fields[name]) for name in spec.passthrough_fields],
+            ]
+        )
+
+    def split(self, element: Any) -> Iterable[Any]:
+        return [element]
+
+    def read(self, block: Any) -> Columns:
+        spec = self._spec
+        keys = _column(block.key)
+        size = len(keys)
+        passthrough = {name: _column(getattr(block, name)) for name in spec.passthrough_fields}
+        width = block.feature_count or 0
+        data = block.features or b""
+        if width <= 0 or len(data) != size * width * 8:
+            error = ValueError(
+                f"the packed block holds {len(data)} feature bytes for {size} rows of "
+                f"feature_count={block.feature_count}; it needs rows x feature_count x 8 bytes"
+            )
+            describe = _PackedRows(spec.key_field, keys, self._feature_name, None, passthrough)
+            return Columns(size, keys, [], passthrough, {i: error for i in range(size)}, describe)
+        matrix = np.frombuffer(data, dtype="<f8").reshape(size, width)
+        describe = _PackedRows(spec.key_field, keys, self._feature_name, matrix, passthrough)
+        return Columns(size, keys, [(np.arange(size), matrix)], passthrough, {}, describe)
+
+    def write(self, block: Block, served: np.ndarray, outputs: Any, inputs: Any, ids: Sequence[str], kind: str, windows: tuple):
+        return _write_blocks(self, block, served, outputs, ids, kind, windows)
+
+    def write_one(self, keys: Any, inference: np.ndarray, kind: str, model_id: str, passthrough: dict) -> beam.Row:
+        dtype = _WIRE_INFERENCE[kind][1]
+        if dtype is None:
+            values, width = [v if isinstance(v, str) else str(v) for v in inference], 1
+        else:
+            values = np.ascontiguousarray(inference, dtype=dtype).tobytes()
+            width = inference.shape[1] if inference.ndim == 2 else 1
+        return beam.Row(
+            key=keys.tolist(),
+            inference=values,
+            inference_width=width,
+            model_id=model_id,
+            **{name: column.tolist() for name, column in passthrough.items()},
+        )
+
+
+def _column(values: Sequence[Any]) -> np.ndarray:
+    """A decoded ARRAY field as a numpy array: int64 for integers, else one object per row."""
+    values = list(values or ())
+    if values and all(isinstance(v, int) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    column = np.empty(len(values), dtype=object)
+    for i, item in enumerate(values):
+        column[i] = item
+    return column
+
+
+def _write_blocks(layout: Any, block: Block, served: np.ndarray, outputs: Any, ids: Sequence[str], kind: str, windows: tuple):
+    """The served rows of ``block`` as output blocks: one block when one model served them all
+    or the layout takes a model_id per row, else one per model. Rows whose value cannot be
+    ``kind`` fail alone; the others are written."""
+    elements, written, bad = [], 0, {}
+    whole = len(served) == len(block.features)
+    models = block.models if block.models is None or whole else block.models[served]
+    for rows, model_id in _parts(models, ids, layout.one_model_per_block):
+        chosen = served if rows is None else served[rows]
+        values = outputs if rows is None else outputs[rows]
+        every = whole and rows is None
+        wrong = _check_values(kind, values) if values.dtype == object else {}
+        if wrong:
+            keep = np.ones(len(chosen), bool)
+            keep[list(wrong)] = False
+            for j, error in wrong.items():
+                bad[int(chosen[j])] = Failed("output", None, error)
+            chosen, values, every = chosen[keep], values[keep], False
+            if isinstance(model_id, np.ndarray):
+                model_id = model_id[keep]
+            if not len(chosen):
+                continue
+        keys = block.keys if every else take(block.keys, chosen)
+        passthrough = block.passthrough if every else {n: take(c, chosen) for n, c in block.passthrough.items()}
+        try:
+            out = layout.write_one(keys, values, kind, model_id, passthrough)
+        except Exception as e:  # noqa: BLE001 - outputs no row alone explains: they fail together
+            error = ValueError(f"cannot make the inferences {kind}s: {e}")
+            bad.update({int(row): Failed("output", None, error) for row in chosen.tolist()})
+            continue
+        written += len(values)
+        elements.append(WindowedValue(out, block.timestamp, windows))
+    return elements, written, bad
+
+
+def _parts(models: Optional[np.ndarray], ids: Sequence[str], one_model_per_block: bool) -> list[tuple[Optional[np.ndarray], Any]]:
+    """(rows of the served outputs, model_id) per output block."""
+    if models is None:
+        return [(None, ids[0])]
+    present = np.unique(models)
+    if len(present) == 1:
+        return [(None, ids[int(present[0])])]
+    if not one_model_per_block:
+        return [(None, np.asarray(ids, dtype=object)[models])]
+    return [(np.flatnonzero(models == m), ids[int(m)]) for m in present]
+
+
+def layout_for(spec: InferenceSpec, element_type: Any) -> Any:
+    """The block layout of a PCollection: Arrow batches, or packed block Rows from Java."""
+    fields = input_fields(element_type)
+    if fields is None:
+        if spec.inference_kind not in _ARROW_KINDS:
+            raise ValueError(
+                f"the inference is a {spec.inference_kind} after the postprocess steps; blocks "
+                f"need a declared kind ({', '.join(_ARROW_KINDS)}): give the last step's output kind"
+            )
+        return ArrowLayout(spec)
+    missing = [name for name in (*WIRE_FIELDS, *spec.passthrough_fields) if name not in fields]
+    if missing:
+        raise ValueError(
+            f"BlockInference got Rows without the packed block field {missing[0]!r}; it takes "
+            "pyarrow RecordBatches, or packed block Rows (key, features, feature_count, "
+            "passthrough fields) as the Java wrapper's withBlockSize sends them"
+        )
+    return WireLayout(spec, fields)
