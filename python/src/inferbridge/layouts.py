@@ -220,34 +220,38 @@ class RowLayout:
         return _objects(keys)
 
     def write(self, block: Block, served: np.ndarray, outputs: Any, inputs: Any, ids: Sequence[str], kind: str, windows: tuple):
-        """(WindowedValue of each output Row, rows written, {row: Failed} for wrong values)."""
-        count = len(served)
+        """(the WindowedValue of each output Row, rows written, {row: Failed} for wrong values).
+
+        Output Rows are made one at a time, as the runner takes them: each can be released
+        before the next is made. (A block's worth of live Rows would outlive the young
+        generations of Python's garbage collector, and full collections would then dominate.)
+        """
         values, wrong = _field_values(kind, outputs)
-        examples = inputs.reshape(count, -1).astype(np.float64, copy=False).tolist()
-        keys = take(block.keys, served).tolist()
-        if block.models is None:
-            model_ids: Iterable[str] = itertools.repeat(ids[0], count)
-        else:
-            model_ids = [ids[m] for m in block.models[served].tolist()]
-        make = beam.Row
-        if block.passthrough:
-            names = ["key", "example", "inference", "model_id", *block.passthrough]
-            passthrough = [take(column, served).tolist() for column in block.passthrough.values()]
-            rows = [make(**dict(zip(names, row))) for row in zip(keys, examples, values, model_ids, *passthrough)]
-        else:
-            rows = [make(key=k, example=x, inference=v, model_id=m) for k, x, v, m in zip(keys, examples, values, model_ids)]
         bad = {int(served[j]): Failed("output", None, error) for j, error in wrong.items()}
-        if wrong:
-            rows = [row for j, row in enumerate(rows) if j not in wrong]
-            served = np.delete(served, list(wrong))
-        if block.timestamps is None:
-            # One timestamp for the block: copies of one WindowedValue spare parsing it per row.
-            with_value = WindowedValue(None, block.timestamp, windows).with_value
-            elements = [with_value(row) for row in rows]
-        else:
-            micros = block.timestamps[served].tolist()
-            elements = [WindowedValue(row, Timestamp(micros=m), windows) for row, m in zip(rows, micros)]
-        return elements, len(elements), bad
+        rows = self._rows(block, served, values, inputs, ids, windows, wrong)
+        return rows, len(served) - len(wrong), bad
+
+    @staticmethod
+    def _rows(block: Block, served: np.ndarray, values: Any, inputs: Any, ids: Sequence[str], windows: tuple, wrong: dict):
+        count = len(served)
+        examples = inputs.reshape(count, -1).astype(np.float64, copy=False)
+        keys = take(block.keys, served).tolist()
+        model_ids = [ids[0]] * count if block.models is None else [ids[m] for m in block.models[served].tolist()]
+        vectors = isinstance(values, np.ndarray)
+        names = list(block.passthrough)
+        passthrough = [take(column, served).tolist() for column in block.passthrough.values()]
+        micros = None if block.timestamps is None else block.timestamps[served].tolist()
+        # One timestamp for the block: copies of one WindowedValue spare parsing it per row.
+        with_value = WindowedValue(None, block.timestamp, windows).with_value
+        make = beam.Row
+        for j in range(count):
+            if j in wrong:
+                continue
+            value = values[j].tolist() if vectors else values[j]
+            row = make(key=keys[j], example=examples[j].tolist(), inference=value, model_id=model_ids[j])
+            for name, column in zip(names, passthrough):
+                setattr(row, name, column[j])
+            yield with_value(row) if micros is None else WindowedValue(row, Timestamp(micros=micros[j]), windows)
 
 
 def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
@@ -277,8 +281,8 @@ def _field_values(kind: str, outputs: Any) -> tuple[list, dict[int, BaseExceptio
     """Output Row ``inference`` values, and the rows whose value cannot be ``kind``, with why."""
     count = len(outputs)
     numeric = isinstance(outputs, np.ndarray) and outputs.dtype.kind in "biuf"
-    if numeric and kind == steps.VECTOR:
-        return outputs.reshape(count, -1).astype(np.float64, copy=False).tolist(), {}
+    if numeric and kind == steps.VECTOR:  # an array: each row's list is made when its Row is
+        return outputs.reshape(count, -1).astype(np.float64, copy=False), {}
     if numeric and kind == steps.NUMBER and outputs.ndim == 1:
         return outputs.astype(np.float64, copy=False).tolist(), {}
     if numeric and kind == steps.INTEGER and outputs.ndim == 1 and outputs.dtype.kind in "biu":
