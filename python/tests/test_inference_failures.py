@@ -4,9 +4,12 @@ import json
 import typing
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from inferbridge import Inference, Model, Step
+from inferbridge import BlockInference, Inference, Model, Step
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -63,6 +66,80 @@ def test_failure_rows_explain_what_went_wrong(model_files, held_out, trusting):
             assert json.loads(f.element) == {"id": 7, "pixels": [float(v) for v in pixels[0][:10]]}
 
         assert_that(result.failures, check)
+
+
+def strict_json(text):
+    """``text`` parsed as RFC 8259 JSON: Python's own parser would accept NaN and Infinity."""
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("layout", ["rows", "arrow"])
+def test_failure_elements_are_strict_json_with_non_finite_numbers_as_strings(model_files, held_out, trusting, layout):
+    pixels, _ = held_out
+    bad = [float(v) for v in pixels[0]]
+    bad[:3] = [float("nan"), float("inf"), float("-inf")]
+    rows = [beam.Row(id=1, pixels=bad, weight=float("nan"), blob=b"\x00\xff")]
+    if layout == "rows":
+        source, transform = beam.Create(rows), Inference
+    else:
+        batch = pa.RecordBatch.from_pylist([r.as_dict() for r in rows])
+        source, transform = beam.Create([batch]), BlockInference
+    with beam.Pipeline() as p:
+        result = p | source | transform(
+            Model.sklearn(model_files["pickle"]), key_field="id", feature_fields="pixels", policy=trusting
+        )
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.stage, strict_json(f.element))),
+            equal_to([("inference", {"id": 1, "pixels": ["NaN", "Infinity", "-Infinity", *bad[3:]], "weight": "NaN", "blob": "00ff"})]),
+        )
+
+
+@pytest.mark.parametrize("layout", ["rows", "arrow"])
+def test_nulls_inside_and_empty_feature_arrays_are_input_failures(model_files, digits_model, held_out, trusting, layout):
+    pixels, _ = held_out
+    good = [float(v) for v in pixels[0]]
+    holed = list(good)
+    holed[5] = None
+    rows = [beam.Row(id=0, pixels=good), beam.Row(id=1, pixels=holed), beam.Row(id=2, pixels=[])]
+    if layout == "rows":
+        source, transform = beam.Create(rows), Inference
+        served = beam.Map(lambda r: (r.key, r.inference))
+    else:
+        batch = pa.RecordBatch.from_pylist([r.as_dict() for r in rows], schema=pa.schema([("id", pa.int64()), ("pixels", pa.list_(pa.float64()))]))
+        source, transform = beam.Create([batch]), BlockInference
+        served = beam.FlatMap(lambda b: zip(b.column("key").to_pylist(), b.column("inference").to_pylist()))
+    with beam.Pipeline() as p:
+        result = p | source | transform(
+            Model.sklearn(model_files["pickle"]), key_field="id", feature_fields="pixels", policy=trusting
+        )
+        assert_that(
+            result.inferences | served,
+            equal_to([(0, float(digits_model.predict(np.asarray([good]))[0]))]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.stage, f.key, f.message, strict_json(f.element)["pixels"])),
+            equal_to(
+                [
+                    ("input", "1", "feature field 'pixels' holds a null at position 5; allowed: numbers", holed),
+                    ("input", "2", "feature field 'pixels' is empty; allowed: at least one number", []),
+                ]
+            ),
+            label="Failures",
+        )
+
+
+def test_a_null_inside_a_nested_array_is_named_by_its_index_path(model_files, trusting):
+    rows = [beam.Row(id=1, grid=[[1.0, 2.0], [3.0, None]])]
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | Inference(Model.sklearn(model_files["pickle"]), key_field="id", feature_fields="grid", policy=trusting)
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.stage, f.message)),
+            equal_to([("input", "feature field 'grid' holds a null at position [1][1]; allowed: numbers")]),
+        )
 
 
 def test_a_failing_step_fails_only_its_element(model_files, digits_model, held_out, trusting):
@@ -206,7 +283,7 @@ def test_nullable_key_fields_from_typing_optional(model_files, digits_model, hel
         expected = digits_model.predict(pixels[:3] / 16)
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(str(i), float(v)) for i, v in enumerate(expected)]))
         assert_that(
-            result.failures | beam.Map(lambda f: (f.stage, f.message, "Digit(" in f.element)),
-            equal_to([("input", "key_field 'id' is null", True)]),
+            result.failures | beam.Map(lambda f: (f.stage, f.message, strict_json(f.element)["tags"])),
+            equal_to([("input", "key_field 'id' is null", {"6b": 1})]),
             label="NullKey",
         )

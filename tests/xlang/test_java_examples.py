@@ -73,26 +73,37 @@ def test_per_key_models_with_a_memory_bound(java_classpath, services, digits_exa
     assert lines[-1] == f"rows={len(ids)} models=3"
 
 
-def test_dead_letters_conserve_every_row(java_classpath, services, digits_examples_dir, tmp_path):
+@pytest.mark.parametrize("block_size", [0, 64], ids=["rows", "blocks"])
+def test_dead_letters_conserve_every_row(java_classpath, services, digits_examples_dir, tmp_path, block_size):
     with open(digits_examples_dir / "test_rows.csv") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     bad = [
         [body[0][0], body[0][1], *body[0][2:40]],  # too few pixels
-        [body[1][0], body[1][1], "NaN", *body[1][3:]],  # NaN: the model refuses it
+        [body[1][0], body[1][1], "NaN", "Infinity", *body[1][4:]],  # the model refuses non-finite pixels
         [body[2][0], body[2][1], "dark", *body[2][3:]],  # not a number: no pixels at all
+        [body[3][0], body[3][1], *body[3][2:7], "", *body[3][8:]],  # a null pixel, at position 5
+        [body[4][0], body[4][1]],  # an empty pixel array
     ]
     data = tmp_path / "rows.csv"
     with open(data, "w", newline="") as f:
-        csv.writer(f).writerows([header, *bad, *body[3:]])
+        csv.writer(f).writerows([header, *bad, *body[len(bad):]])
     out = tmp_path / "out"
     lines = run_example(
-        java_classpath, services, "DeadLetters", f"--dataDir={digits_examples_dir}", f"--input={data}", f"--outputDir={out}"
+        java_classpath, services, "DeadLetters", f"--dataDir={digits_examples_dir}", f"--input={data}",
+        f"--outputDir={out}", f"--blockSize={block_size}",
     )
-    assert lines[-1] == f"rows={len(body)} inferences={len(body) - 3} failures=3"
+    assert lines[-1] == f"rows={len(body)} inferences={len(body) - len(bad)} failures={len(bad)}"
     failures = {f["key"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
-    assert {k: f["stage"] for k, f in failures.items()} == {body[0][0]: "inference", body[1][0]: "inference", body[2][0]: "input"}
+    stages = ["inference", "inference", "input", "input", "input"]
+    assert {k: f["stage"] for k, f in failures.items()} == {row[0]: stage for row, stage in zip(bad, stages)}
     assert "null" in failures[body[2][0]]["message"]
+    assert "null at position 5" in failures[body[3][0]]["message"], failures[body[3][0]]
+    assert "empty" in failures[body[4][0]]["message"], failures[body[4][0]]
+    # Jackson (in the example) read each element back; so does Python's parser, strictly.
+    assert sorted((out / "failed_rows.csv").read_text().split()) == sorted(f"{row[0]},{stage}" for row, stage in zip(bad, stages))
+    non_finite = json.loads(failures[body[1][0]]["element"], parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
+    assert non_finite["pixels"][:3] == ["NaN", "Infinity", float(body[1][4])]
 
 
 def test_pytorch_model_from_java(java_classpath, services, digits_examples_dir, held_out, tmp_path):

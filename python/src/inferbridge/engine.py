@@ -11,6 +11,7 @@ own are reported as failed, each with the stage and step that failed.
 from __future__ import annotations
 
 import json
+import math
 import time
 import typing
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -69,25 +70,51 @@ def failure_row(stage, step, error, element: str, key, model_id, error_type=None
     )
 
 
-def describe_element(row: Any) -> str:
-    """An input row as JSON (its fields), or its repr when it has no fields."""
-    as_dict = getattr(row, "_asdict", None) or getattr(row, "as_dict", None)
-    if as_dict is None:
-        return repr(row)
+def describe_element(element: Any) -> str:
+    """An input element as strict JSON (RFC 8259, what any standard parser reads): a row as an
+    object of its fields; anything else as ``{"value": "<its repr>"}``.
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, bytes):
-            return value.hex()
-        return repr(value)
+    Non-finite numbers are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+    (as in protobuf's JSON mapping), bytes as hexadecimal strings, map keys as strings, and
+    values JSON has no form for as their repr."""
+    as_dict = getattr(element, "_asdict", None) or getattr(element, "as_dict", None)
+    if as_dict is not None:
+        fields = dict(as_dict())
+    elif isinstance(element, Mapping):
+        fields = dict(element)
+    else:
+        fields = {"value": repr(element)}
+    return json.dumps(_json_value(fields), allow_nan=False)
 
-    try:
-        return json.dumps(dict(as_dict()), default=plain, allow_nan=True)
-    except (TypeError, ValueError):  # e.g. a map with bytes keys
-        return repr(row)
+
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as what ``json.dumps`` writes strictly."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if isinstance(value, np.ndarray):
+        return _json_value(value.tolist())
+    if isinstance(value, np.generic):
+        return _json_value(value.item())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else _key_text(k): _json_value(v) for k, v in value.items()}
+    as_dict = getattr(value, "_asdict", None) or getattr(value, "as_dict", None)
+    if as_dict is not None:  # a nested row
+        return _json_value(dict(as_dict()))
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return repr(value)
+
+
+def _key_text(key: Any) -> str:
+    text = _json_value(key)
+    return text if isinstance(text, str) else json.dumps(text)
 
 
 def unmapped_key(spec: InferenceSpec, key: str) -> LookupError:

@@ -254,6 +254,15 @@ class RowLayout:
             yield with_value(row) if micros is None else WindowedValue(row, Timestamp(micros=micros[j]), windows)
 
 
+# The input contract's messages, the same on every layout and in the Java wrapper's PackBlocks.
+def _empty(name: str) -> ValueError:
+    return ValueError(f"feature field {name!r} is empty; allowed: at least one number")
+
+
+def _null_inside(name: str, position: str) -> ValueError:
+    return ValueError(f"feature field {name!r} holds a null at position {position}; allowed: numbers")
+
+
 def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
     """The features of ``row``: one array field as is, or several fields concatenated."""
     values = []
@@ -266,11 +275,13 @@ def _features(row: Any, fields: Sequence[str]) -> np.ndarray:
         except (TypeError, ValueError):
             raise ValueError(f"feature field {name!r} is not numeric: {value!r}") from None
         if array.size == 0:
-            raise ValueError(f"feature field {name!r} is empty; a model needs at least one number")
+            raise _empty(name)
         if np.isnan(array).any():
-            nulls = [i for i, v in enumerate(np.ravel(np.asarray(value, dtype=object))) if v is None]
-            if nulls:
-                raise ValueError(f"feature field {name!r} holds a null at position {nulls[0]}")
+            objects = np.asarray(value, dtype=object)
+            nulls = np.argwhere(objects == None)  # noqa: E711 - elementwise, not identity
+            if len(nulls):
+                where = nulls[0]
+                raise _null_inside(name, str(where[0]) if len(where) == 1 else "".join(f"[{i}]" for i in where))
         values.append(array)
     if len(values) == 1:
         return values[0] if values[0].ndim else values[0].reshape(1)
@@ -397,7 +408,7 @@ class ArrowLayout:
         if pa.types.is_fixed_size_list(column.type) and not column.null_count and not column.values.null_count:
             width = column.type.list_size
             if width == 0:
-                raise ValueError(f"feature field {name!r} is empty; a model needs at least one number")
+                raise _empty(name)
             flat = column.flatten().to_numpy(zero_copy_only=False)
             return self._without(bad, [(np.arange(batch.num_rows), flat.reshape(batch.num_rows, width).astype(np.float64, copy=False))])
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -412,10 +423,10 @@ class ArrowLayout:
             for hole, owner in zip(holes.tolist(), owners.tolist()):
                 bad.setdefault(
                     int(positions[owner]),
-                    ValueError(f"feature field {name!r} holds a null at position {hole - int(starts[owner])}"),
+                    _null_inside(name, str(hole - int(starts[owner]))),
                 )
         for row in positions[lengths == 0].tolist():
-            bad.setdefault(row, ValueError(f"feature field {name!r} is empty; a model needs at least one number"))
+            bad.setdefault(row, _empty(name))
         flat = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
         if len(positions) and (lengths == lengths[0]).all():
             return self._without(bad, [(positions, flat.reshape(len(positions), int(lengths[0])))])

@@ -87,10 +87,11 @@ final class Json {
   }
 
   /**
-   * {@code row} as a JSON object of its fields in schema order, in the form of Python's {@code
-   * json.dumps} (the {@code element} of the Python row path's failure Rows): {@code ", "} and
+   * {@code row} as a strict JSON object of its fields in schema order, in the form of Python's
+   * {@code json.dumps} (the {@code element} of the Python layouts' failure Rows): {@code ", "} and
    * {@code ": "} separators, non-ASCII characters escaped, floats as Python writes them ({@code
-   * 1e-05}, {@code NaN}), bytes as hex text; nested Rows are objects.
+   * 1e-05}), non-finite floats as the strings {@code "NaN"}, {@code "Infinity"} and {@code
+   * "-Infinity"}, bytes as hex text; nested Rows are objects.
    */
   static String row(Row row) {
     StringBuilder out = new StringBuilder(64);
@@ -111,7 +112,12 @@ final class Json {
     } else if (value instanceof String) {
       writePythonString(out, (String) value);
     } else if (value instanceof Double || value instanceof Float) {
-      out.append(pythonFloat(((Number) value).doubleValue()));
+      double d = ((Number) value).doubleValue();
+      if (Double.isNaN(d) || Double.isInfinite(d)) {
+        writePythonString(out, pythonFloat(d)); // strict JSON has no NaN or Infinity
+      } else {
+        out.append(pythonFloat(d));
+      }
     } else if (value instanceof Number || value instanceof Boolean) {
       out.append(value);
     } else if (value instanceof byte[]) {

@@ -136,11 +136,11 @@ final class PackBlocks extends DoFn<Row, Row> {
         fail(out, row, key, notNumeric(featureFields[f], value, featureDepths[f]));
         return;
       }
+      if (n == 0) {
+        fail(out, row, key, "feature field " + pyRepr(featureFields[f]) + " is empty; allowed: at least one number");
+        return;
+      }
       count += n;
-    }
-    if (count == 0) {
-      fail(out, row, key, emptyFeatures());
-      return;
     }
     if ((long) count * 8 > MAX_BLOCK_BYTES) {
       fail(out, row, key, "the row has " + count + " features; a block holds at most " + (MAX_BLOCK_BYTES / 8)
@@ -278,29 +278,22 @@ final class PackBlocks extends DoFn<Row, Row> {
                 .build());
   }
 
-  private String emptyFeatures() {
-    if (featureFields.length == 1) {
-      return "feature field " + pyRepr(featureFields[0]) + " is empty; allowed: at least one number";
-    }
-    List<String> names = new ArrayList<>();
-    for (String field : featureFields) {
-      names.add(pyRepr(field));
-    }
-    return "feature fields " + String.join(", ", names) + " are all empty; allowed: at least one number";
-  }
-
-  /** Why {@code value} of a feature field cannot be packed: a null inside, or nested arrays of unequal lengths. */
+  /**
+   * Why {@code value} of a feature field cannot be packed: a null inside (in the words of the
+   * Python layouts), or nested arrays of unequal lengths.
+   */
   private static String notNumeric(String field, Object value, int depth) {
+    String where = nullAt(value, depth);
+    if (where != null) {
+      String position = depth == 1 ? where.substring(1, where.length() - 1) : where;
+      return "feature field " + pyRepr(field) + " holds a null at position " + position + "; allowed: numbers";
+    }
     String text = Json.python(value);
     if (text.length() > MESSAGE_VALUE_CHARS) {
       text = text.substring(0, MESSAGE_VALUE_CHARS) + "...";
     }
-    String where = nullAt(value, depth);
-    String why =
-        where != null
-            ? "a null at " + where + "; allowed: numbers"
-            : "nested arrays of different lengths; allowed: nested arrays of equal lengths (a rectangular array)";
-    return "feature field " + pyRepr(field) + " is not numeric: " + text + " (" + why + ")";
+    return "feature field " + pyRepr(field) + " is not numeric: " + text + " (nested arrays of different lengths; "
+        + "allowed: nested arrays of equal lengths (a rectangular array))";
   }
 
   /** The index path of the first null number in {@code value}, e.g. {@code [3]} or {@code [1][0]}; null if none. */

@@ -341,7 +341,7 @@ public class BlocksTest {
     assertEquals("feature field 'pixels' is null", failures.get(1).getString("message"));
     assertEquals("b", failures.get(1).getString("key"));
     assertEquals(
-        "feature field 'pixels' is not numeric: [1.0, null] (a null at [1]; allowed: numbers)",
+        "feature field 'pixels' holds a null at position 1; allowed: numbers",
         failures.get(2).getString("message"));
     assertEquals("c", failures.get(2).getString("key"));
     assertEquals("feature field 'pixels' is empty; allowed: at least one number", failures.get(3).getString("message"));
@@ -370,7 +370,7 @@ public class BlocksTest {
     PackBlocks both = new PackBlocks(schema, "id", Arrays.asList("b", "b"),
         Collections.<String>emptyList(), 10, BLOCKS, FAILURES);
     assertEquals(
-        "feature fields 'b', 'b' are all empty; allowed: at least one number",
+        "feature field 'b' is empty; allowed: at least one number",
         bundle(both, Collections.singletonList(ragged)).failures.get(0).getString("message"));
   }
 
@@ -388,6 +388,7 @@ public class BlocksTest {
     assertEquals("-0.0", Json.pythonFloat(-0.0));
     assertEquals("NaN", Json.pythonFloat(Double.NaN));
     assertEquals("-Infinity", Json.pythonFloat(Double.NEGATIVE_INFINITY));
+    assertEquals("[\"NaN\", \"Infinity\", 1.0]", Json.python(Arrays.asList(Double.NaN, Double.POSITIVE_INFINITY, 1.0)));
     assertEquals("[\"caf\\u00e9\", \"a\\\"b\", \"0aff\", true]",
         Json.python(Arrays.asList("café", "a\"b", new byte[] {0x0a, (byte) 0xff}, true)));
     assertEquals("\"it's\"", PackBlocks.pyRepr("it's"));
