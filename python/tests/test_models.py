@@ -633,6 +633,26 @@ def test_sha256_pin_match_and_mismatch(onnx_files, classifiers, digits):
     )
 
 
+def test_a_wrong_pin_fails_when_the_handler_is_built(onnx_files):
+    wrong = "0" * 64
+    pinned = Model(uri=onnx_files["a"], framework="onnx", format="onnx", output="vector", sha256=wrong)
+    with pytest.raises(ValueError) as raised:
+        models.handler_for(pinned, LoadPolicy(), "models[0]")
+    assert str(raised.value) == (
+        f"models[0].sha256 does not match {onnx_files['a']!r}: expected {wrong}, "
+        f"actual {_digest(onnx_files['a'])}; the file changed, or the pin is wrong"
+    )
+
+
+def test_model_params_the_class_does_not_take_fail_when_the_handler_is_built(torch_files):
+    with pytest.raises(ValueError) as raised:
+        models.handler_for(_net(torch_files["state_dict", "a"], model_params={"hidden": 16}), ANYTHING, "models[0]")
+    assert str(raised.value).startswith(
+        "models[0].options.model_params={'hidden': 16} does not fit tiny_torch:TinyNet"
+        "(n_features: int = 64, n_hidden: int = 16, n_outputs: int = 10): got an unexpected keyword argument 'hidden'"
+    ), raised.value
+
+
 def test_a_directory_is_refused_when_loaded(root):
     handler = models.handler_for(_onnx(str(root)), LoadPolicy())
     with pytest.raises(ValueError, match=r"model.uri=.* is a directory; allowed: a regular file"):

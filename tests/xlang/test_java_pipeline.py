@@ -83,6 +83,29 @@ def test_missing_model_file_fails_at_construction_naming_the_uri(java_classpath,
     ), result.stderr[-4000:]
 
 
+def test_a_wrong_sha256_fails_at_construction_in_one_line(java_classpath, digits_dir, services, tmp_path):
+    import hashlib
+
+    model = digits_dir / "digits.pkl"
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    wrong = "0" * 64
+    predictions = tmp_path / "predictions.csv"
+    result = run_java(java_classpath, services, f"--modelDir={digits_dir}", f"--modelSha256={wrong}", f"--predictionsFile={predictions}")
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    thrown = next(i for i, line in enumerate(lines) if "ExpansionRejectedException" in line)
+    assert lines[thrown].endswith(
+        f"rejected the configuration: ValueError: models[0].sha256 does not match '{model}': expected {wrong}, "
+        f"actual {actual}; the file changed, or the pin is wrong"
+    ), result.stderr[-4000:]
+    # One line: the Java frames follow it; the Python traceback only under "Caused by".
+    assert lines[thrown + 1].startswith("\tat "), result.stderr[-4000:]
+    assert not predictions.exists()  # refused before the job ran
+    # The right pin runs.
+    result = run_java(java_classpath, services, f"--modelDir={digits_dir}", f"--modelSha256={actual}", f"--predictionsFile={predictions}")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def data_with_a_short_first_row(digits_dir, tmp_path):
     """A copy of the digits data whose first row keeps 10 pixels: (folder, first row, the rest)."""
     data = tmp_path / "data"

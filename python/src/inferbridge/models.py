@@ -32,11 +32,15 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     """The ModelHandler that serves ``model`` under ``policy``; it sets no batching.
 
     The policy is checked now (the model's path, its watch pattern's directory), so a refused
-    model fails at construction, and again at each load. The framework library is imported now:
-    a missing one fails here, naming its package.
+    model fails at construction, and again at each load; so is a sha256 pin (the file is read
+    once, here, and again at each load). The framework library is imported now: a missing one
+    fails here, naming its package.
     """
     kind = model_checks.check_model(model, where)
     policy.check(model, model.uri, where)
+    if model.sha256:
+        with model_files.open_model(model, model.uri, policy, where):
+            pass
     if model.watch_pattern is not None:
         watch = model_files.parse_watch_pattern(model.watch_pattern, where)
         policy.check_watch_directory(model, watch.pattern, watch.directory, where)

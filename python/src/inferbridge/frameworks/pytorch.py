@@ -8,6 +8,7 @@ which the load policy must allow (importing it runs its module's code); TorchScr
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -66,10 +67,13 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
         return pytorch_inference.PytorchModelHandlerTensor(
             torch_script_model_path=uri, device=device, inference_fn=_inference
         )
+    model_class = _import_model_class(model.options["model_class"], policy, f"{where}.options.model_class")
+    model_params = dict(model.options.get("model_params") or {})
+    _check_params(model_class, model_params, model.options["model_class"], f"{where}.options.model_params")
     return pytorch_inference.PytorchModelHandlerTensor(
         state_dict_path=uri,
-        model_class=_import_model_class(model.options["model_class"], policy, f"{where}.options.model_class"),
-        model_params=dict(model.options.get("model_params") or {}),
+        model_class=model_class,
+        model_params=model_params,
         device=device,
         inference_fn=_inference,
         load_model_args={"weights_only": True},
@@ -106,6 +110,22 @@ def _import_model_class(path: str, policy: LoadPolicy, where: str) -> type:
     if not issubclass(found, torch.nn.Module):
         raise ValueError(f"{where}={path!r} is not a torch.nn.Module subclass")
     return found
+
+
+def _check_params(model_class: type, params: dict, path: str, where: str) -> None:
+    """Raises ValueError unless ``model_class(**params)`` binds: the class takes these names
+    and every argument it requires."""
+    try:
+        signature = inspect.signature(model_class).replace(return_annotation=inspect.Signature.empty)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the load will tell
+        return
+    try:
+        signature.bind(**params)
+    except TypeError as e:
+        raise ValueError(
+            f"{where}={params!r} does not fit {path}{signature}: {e}; allowed: the keyword "
+            "arguments of the class's __init__"
+        ) from None
 
 
 def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:

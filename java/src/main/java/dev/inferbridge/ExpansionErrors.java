@@ -31,11 +31,8 @@ final class ExpansionErrors {
     if (prefix < 0) {
       return error;
     }
-    String detail = message.substring(prefix + SERVICE_ERROR_PREFIX.length()).trim();
-    return new IllegalArgumentException(
-        transform + ": the expansion service at " + endpoint + " rejected the configuration: "
-            + lastLine(detail) + "\n\nExpansion service response:\n" + detail,
-        error);
+    return new ExpansionRejectedException(
+        transform, endpoint, message.substring(prefix + SERVICE_ERROR_PREFIX.length()).trim(), error);
   }
 
   private static RuntimeException explainStatus(
@@ -129,16 +126,5 @@ final class ExpansionErrors {
 
   private static String host(String endpoint) {
     return endpoint.substring(0, endpoint.lastIndexOf(':'));
-  }
-
-  /** The last non-blank line of a Python traceback: the exception and its message. */
-  private static String lastLine(String traceback) {
-    String[] lines = traceback.split("\n");
-    for (int i = lines.length - 1; i >= 0; i--) {
-      if (!lines[i].trim().isEmpty()) {
-        return lines[i].trim();
-      }
-    }
-    return traceback;
   }
 }

@@ -347,6 +347,30 @@ public class InferenceTest {
   }
 
   @Test
+  public void aRejectionSaysWhatIsWrongInOneLineAndKeepsTheTracebackApart() {
+    String traceback = "Traceback (most recent call last):\n"
+        + "  File \"/venv/lib/python3.11/site-packages/apache_beam/runners/portability/expansion_service.py\", line 99, in Expand\n"
+        + "    raise ValueError(\n"
+        + "    ^^^^^^^^^^^^^^^^^\n"
+        + "ValueError: models[0].sha256 does not match '/m/a.pkl': expected 00, actual ab; the file changed, or the pin is wrong\n";
+    String chained = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nKeyError: 'a'\n\n"
+        + "The above exception was the direct cause of the following exception:\n\n" + traceback;
+    for (String response : Arrays.asList(traceback, chained)) {
+      Pipeline p = pipeline();
+      ExpansionRejectedException e = assertThrows(ExpansionRejectedException.class,
+          () -> input(p).apply(BASE.withExpansionService("localhost:1").withExpansionClient(FakeExpansionService.failing(response))));
+      assertEquals(
+          "Inference: the expansion service at localhost:1 rejected the configuration: ValueError: models[0].sha256 does "
+              + "not match '/m/a.pkl': expected 00, actual ab; the file changed, or the pin is wrong",
+          e.getMessage());
+      assertEquals(response.trim(), e.getServiceTraceback());
+      assertTrue(String.valueOf(e.getCause().getMessage()).contains("expansion_service.py"));
+    }
+    assertEquals("ValueError: one\ntwo", ExpansionRejectedException.exceptionOf("Traceback (most recent call last):\n  File \"f\"\nValueError: one\ntwo\n"));
+    assertEquals("refused: no URN", ExpansionRejectedException.exceptionOf("refused: no URN\n"));
+  }
+
+  @Test
   public void theExpansionRequestNamesTheInputsRowsAndModelUpdates() throws Exception {
     Pipeline p = pipeline();
     FakeExpansionService service = FakeExpansionService.failing("ValueError: no thanks");

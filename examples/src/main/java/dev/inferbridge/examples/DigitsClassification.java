@@ -72,6 +72,11 @@ public final class DigitsClassification {
 
     void setModelFormat(String value);
 
+    @Description("If set, the model file's SHA-256 digest (SklearnModel.withSha256): another file is refused")
+    String getModelSha256();
+
+    void setModelSha256(String value);
+
     @Description("host:port of the InferBridge expansion service (default: $INFERBRIDGE_EXPANSION_SERVICE)")
     String getExpansionService();
 
@@ -114,8 +119,12 @@ public final class DigitsClassification {
     Pipeline pipeline = Pipeline.create(options);
     PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(ExampleIo.DIGIT_SCHEMA));
 
+    Model model = model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
+    if (options.getModelSha256() != null) {
+      model = model.withSha256(options.getModelSha256());
+    }
     Inference inference =
-        Inference.of(model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA))
+        Inference.of(model)
             .withKeyField("id")
             .withFeatureField("pixels")
             .withPreprocess(Step.scale(1.0 / 16))
