@@ -6,6 +6,7 @@ Writes to OUTPUT_DIR, next to what train_model.py writes there (run it first):
                           probabilities (digits.pkl), whether the digit is 5 or more (0/1)
   region_0..2.pkl         per-key models, each trained on a third of the training rows
   digits.ts               a small PyTorch network (TorchScript) giving class scores
+  digits_state.pt         the same network's weights (a state_dict of digits_net:DigitsNet)
   digits.onnx             digits.pkl exported to ONNX (class probabilities)
   digits.skops,           digits.pkl and region_0.pkl in skops' safe format
   region_0.skops
@@ -29,11 +30,12 @@ def _save(model, path: Path) -> None:
         pickle.dump(model, f)
 
 
-def _torch_net(train_x, train_y, path: Path) -> None:
+def _torch_net(train_x, train_y, out: Path) -> None:
     import torch
+    from digits_net import DigitsNet
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    net = DigitsNet(hidden=32)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     x = torch.tensor(train_x, dtype=torch.float32)
     y = torch.tensor(train_y)
@@ -41,7 +43,8 @@ def _torch_net(train_x, train_y, path: Path) -> None:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         optimizer.step()
-    torch.jit.script(net.eval()).save(str(path))
+    torch.jit.script(net.eval()).save(str(out / "digits.ts"))
+    torch.save(net.state_dict(), out / "digits_state.pt")
 
 
 def _safe_formats(digits_model, out: Path) -> None:
@@ -74,7 +77,7 @@ def main() -> None:
     _save(LogisticRegression(max_iter=2000).fit(softmax, (train_y >= 5).astype(int)), out / "cascade_high.pkl")
     for i, rows in enumerate(np.array_split(np.arange(len(train_y)), 3)):
         _save(LogisticRegression(max_iter=2000).fit(train_x[rows], train_y[rows]), out / f"region_{i}.pkl")
-    _torch_net(train_x, train_y, out / "digits.ts")
+    _torch_net(train_x, train_y, out)
     _safe_formats(stage_one, out)
     print(f"trained the example models into {out}")
 

@@ -311,6 +311,20 @@ def test_bad_flag_values_from_the_environment_are_named():
     assert "$INFERBRIDGE_PORT='eighty' is not valid for --port" in output
 
 
+def test_python_path_must_be_a_directory(tmp_path):
+    process = _start(f"--python-path={tmp_path / 'missing'}")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"--python-path='{tmp_path / 'missing'}' is not a directory; allowed: directories of Python modules" in output
+
+
+def test_python_path_modules_can_be_imported_at_start(tmp_path):
+    (tmp_path / "operator_steps.py").write_text("")
+    process, _ = _serving(f"--python-path={tmp_path}", "--import=operator_steps")
+    _stop(process)
+    assert process.returncode == 0
+
+
 def test_help_documents_every_flag_and_its_environment_variable():
     process = _start("--help")
     output, _ = process.communicate(timeout=60)
@@ -318,7 +332,7 @@ def test_help_documents_every_flag_and_its_environment_variable():
     flags = [
         "--host", "--port", "--max-request-bytes", "--max-concurrent-requests", "--expansion-timeout-secs",
         "--shutdown-grace-secs", "--auth-token-file", "--tls-cert-file", "--tls-key-file", "--tls-client-ca-file",
-        "--allow-urn", "--import", "--model-root", "--trusted-model-root", "--allow-model-class",
+        "--allow-urn", "--python-path", "--import", "--model-root", "--trusted-model-root", "--allow-model-class",
         "--environment-type", "--environment-config", "--worker-pool-host", "--worker-pool-port", "--log-level",
         "--log-format",
     ]

@@ -5,11 +5,15 @@ import json
 import os
 import pickle
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 TIMEOUT_SECS = 300
+# The examples' own Python modules (digits_net: the PyTorch network's class).
+EXAMPLE_MODULES = Path(__file__).resolve().parents[2] / "examples/digits"
 
 
 def run_example(classpath, env, name, *args):
@@ -117,6 +121,40 @@ def test_pytorch_model_from_java(java_classpath, services, digits_examples_dir, 
     expected = {f"{i},{label},{p}" for i, label, p in zip(ids, labels, predicted)}
     assert set((tmp_path / "predictions.csv").read_text().split()) == expected
     assert lines[-1] == f"rows={len(ids)} correct={int((predicted == labels).sum())}"
+
+
+def under_inferbridge_local(classpath, local_args, name, *args):
+    return subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "inferbridge-local"), *local_args, "--",
+            "java", "-cp", classpath, f"dev.inferbridge.examples.{name}", *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECS,
+    )
+
+
+def test_a_state_dict_model_class_from_the_python_path(java_classpath, digits_examples_dir, held_out, tmp_path):
+    import torch
+
+    ids, labels, pixels = held_out
+    policy = [f"--trusted-model-root={digits_examples_dir}", "--allow-model-class=digits_net"]
+    args = [f"--dataDir={digits_examples_dir}", f"--outputDir={tmp_path}", "--stateDict"]
+    result = under_inferbridge_local(java_classpath, [*policy, f"--python-path={EXAMPLE_MODULES}"], "PytorchDigits", *args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    net = torch.jit.load(str(digits_examples_dir / "digits.ts"))  # the same weights
+    with torch.no_grad():
+        predicted = net(torch.tensor(pixels, dtype=torch.float32)).argmax(dim=1).numpy()
+    assert set((tmp_path / "predictions.csv").read_text().split()) == {f"{i},{label},{p}" for i, label, p in zip(ids, labels, predicted)}
+    # Without the folder on the service's import path: refused when built, saying how to fix it.
+    result = under_inferbridge_local(java_classpath, policy, "PytorchDigits", *args)
+    assert result.returncode != 0
+    assert (
+        "models[0].options.model_class='digits_net:DigitsNet' cannot be imported by the process that builds the "
+        "pipeline (No module named 'digits_net'); put its module's directory on the import path: "
+        "inferbridge-local --python-path=DIR"
+    ) in result.stderr, result.stderr[-4000:]
 
 
 def test_most_builder_options_reach_the_python_composite(java_classpath, services, digits_examples_dir, held_out, tmp_path):

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import apache_beam
 import grpc
@@ -568,6 +568,9 @@ def _parser() -> argparse.ArgumentParser:
     flag("--tls-client-ca-file", metavar="PEM", help="also require client certificates signed by this CA")
     flag("--allow-urn", action="append", default=[], metavar="URN",
          help="also expand this URN (repeatable); only URNs registered by an --import module")
+    flag("--python-path", env="INFERBRIDGE_PYTHON_PATH", action="append", default=[], metavar="DIR",
+         help="put this directory first on the import path of the service, its expansion processes and its "
+         "embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)")
     flag("--import", dest="imports", env="INFERBRIDGE_IMPORTS", action="append", default=[], metavar="MODULE",
          help="import this module at start-up, to register the transforms of --allow-urn (repeatable)")
     # What models expanded pipelines may load (see inferbridge.policy).
@@ -645,11 +648,27 @@ def _service_config(args: argparse.Namespace, policy: LoadPolicy) -> ServiceConf
     )
 
 
+def _extend_import_path(directories: Sequence[str]) -> None:
+    """Puts ``directories`` first on this process's import path and, through $PYTHONPATH, on its
+    children's (expansion processes, workers)."""
+    resolved = []
+    for directory in directories:
+        if not os.path.isdir(directory):
+            raise ValueError(f"--python-path={directory!r} is not a directory; allowed: directories of Python modules")
+        resolved.append(os.path.abspath(directory))
+    if not resolved:
+        return
+    sys.path[:0] = resolved
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(resolved + ([inherited] if inherited else []))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Runs the service until SIGTERM or SIGINT; returns 2 for a bad flag, and exits 0 when stopped."""
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     try:
+        _extend_import_path(args.python_path)
         policy = LoadPolicy(
             model_roots=tuple(args.model_root),
             trusted_roots=tuple(args.trusted_model_root),

@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--job-endpoint", help="host:port of a running job service (e.g. a Flink job server) to use instead of starting one"
     )
     parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
-    for flag in ("--model-root", "--trusted-model-root", "--allow-model-class"):
+    for flag in ("--model-root", "--trusted-model-root", "--allow-model-class", "--python-path"):
         parser.add_argument(flag, action="append", default=[], help="passed to the expansion service")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
@@ -154,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ("--model-root", args.model_root),
             ("--trusted-model-root", args.trusted_model_root),
             ("--allow-model-class", args.allow_model_class),
+            ("--python-path", args.python_path),
         )
         for value in values
     ]

@@ -95,7 +95,11 @@ def _import_model_class(path: str, policy: LoadPolicy, where: str) -> type:
         for part in name.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"{where}={path!r} cannot be imported: {e}") from e
+        raise ValueError(
+            f"{where}={path!r} cannot be imported by the process that builds the pipeline ({e}); put its "
+            "module's directory on the import path: inferbridge-local --python-path=DIR, "
+            "inferbridge-expansion-service --python-path=DIR, or $PYTHONPATH"
+        ) from e
     if not isinstance(found, type):
         raise ValueError(f"{where}={path!r} is not a class")
     defined_in = getattr(found, "__module__", None)
