@@ -76,6 +76,9 @@ def _run(as_blocks: bool, rows: list[beam.Row], transform_args: dict):
         )
     metrics = p.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
     counters = {c.key.metric.name: c.committed for c in metrics["counters"]}
+    _COLLECTED["beam_counters"] = {
+        c.key.metric.name: c.committed for c in p.result.metrics().query(MetricsFilter().with_namespace(f"{NAMESPACE}_beam"))["counters"]
+    }
     sizes = {d.key.metric.name: d.committed for d in metrics["distributions"]}
     return sorted(_COLLECTED["served"]), sorted(_COLLECTED["failures"]), counters, sizes
 
@@ -136,3 +139,20 @@ def test_rows_and_blocks_report_the_same_metrics(summing):
     # The model's own counts: the rows it predicted; step failures are not the model's.
     assert counters["model_sum_examples"] == 19 and counters.get("model_sum_failed_examples", 0) == 0
     assert counters["model_loads"] >= 1
+
+
+@pytest.mark.parametrize("as_blocks", [False, True], ids=["rows", "blocks"])
+def test_every_counter_is_reported_and_unnamed_models_are_named_by_position(summing, as_blocks):
+    path, policy = summing
+    _, failures, counters, sizes = _run(as_blocks, _rows(10), dict(models=Model.sklearn(path), policy=policy))
+    assert failures == []
+    # Nothing failed: every counter is there, at 0; the model without an id is model 0.
+    assert counters == {
+        "rows_in": 10, "inferences_out": 10, "model_0_examples": 10, "model_loads": counters["model_loads"],
+        **{f"{stage}_failures": 0 for stage in ("input", "routing", "preprocess", "inference", "postprocess", "output")},
+        "model_0_failed_examples": 0, "model_0_batch_splits": 0, "model_reload_failures": 0, "model_watch_reloads": 0,
+    }
+    assert counters["model_loads"] >= 1
+    assert sizes["model_0_batch_size_examples"].sum == 10
+    # Beam's own RunInference metrics count batches of blocks: they have a namespace of their own.
+    assert "num_inferences" in _COLLECTED["beam_counters"]

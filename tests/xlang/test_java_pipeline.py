@@ -57,6 +57,12 @@ def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, di
     with open(digits_dir / "digits.pkl", "rb") as f:
         model = pickle.load(f)
     assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+    # PipelineResult.metrics() in Java: every counter, those at zero too; the model has no id: model 0.
+    counters = dict(item.split("=") for line in result.stdout.splitlines() if line.startswith("counters: ") for item in line.split()[1:])
+    rows = str(expected["rows"])
+    assert {k: counters.get(k) for k in ("rows_in", "inferences_out", "model_0_examples")} == dict.fromkeys(("rows_in", "inferences_out", "model_0_examples"), rows)
+    for zero in ("input_failures", "routing_failures", "inference_failures", "output_failures", "model_0_failed_examples"):
+        assert counters.get(zero) == "0", (zero, counters)
 
 
 def test_joblib_model_predictions_equal_scikit_learns(java_classpath, digits_dir, services, tmp_path):

@@ -222,8 +222,9 @@ def place(pieces: Sequence[tuple[Any, np.ndarray]], size: int) -> np.ndarray:
 class ModelRunner:
     """Preprocess steps, the model and postprocess steps for one model, on matrices of rows."""
 
-    def __init__(self, spec: InferenceSpec, slot: ModelSlot, pre: list, post: list) -> None:
+    def __init__(self, spec: InferenceSpec, slot: ModelSlot, pre: list, post: list, metric_id: str) -> None:
         self._slot = slot
+        self._metric_id = metric_id
         self._pre_specs, self._post_specs = pre, post
         self._namespace = spec.metrics_namespace
         self._max_rows = spec.max_batch_size
@@ -234,13 +235,19 @@ class ModelRunner:
             return
         self._pre = [(n, batch_function(d, p)) for n, d, p in self._pre_specs]
         self._post = [(n, batch_function(d, p)) for n, d, p in self._post_specs]
-        prefix = f"model_{self._slot.model_id}_"
+        prefix = f"model_{self._metric_id}_"
         self._examples = Metrics.counter(self._namespace, prefix + "examples")
         self._failed = Metrics.counter(self._namespace, prefix + "failed_examples")
         self._splits = Metrics.counter(self._namespace, prefix + "batch_splits")
         self._batch_size = Metrics.distribution(self._namespace, prefix + "batch_size_examples")
         self._latency = Metrics.distribution(self._namespace, prefix + "batch_latency_micros")
         self._built = True
+
+    def report_zero_counters(self) -> None:
+        """Reports this model's counters (as 0 until they count), so that every one is listed."""
+        self._setup()
+        for counter in (self._examples, self._failed, self._splits):
+            counter.inc(0)
 
     def predict(
         self, matrix: np.ndarray, model: Any, inference_args: Optional[dict], keep_inputs: bool
@@ -330,6 +337,12 @@ def _rows_of(block: Any) -> int:
     return len(block.features)
 
 
+def beam_metrics_namespace(namespace: str) -> str:
+    """Where Beam's own RunInference metrics go: they count batches of blocks, not rows, so they
+    stay apart from InferBridge's (``namespace``)."""
+    return f"{namespace}_beam"
+
+
 class BlockModels(ModelHandler):
     """Every model of the spec behind one Beam handler; the rows of each batch of blocks are
     routed to their models inside it.
@@ -346,7 +359,11 @@ class BlockModels(ModelHandler):
         pre, post = resolved_steps(spec)
         if spec.variable_length == "pad":
             pre = []
-        self._runners = {model_id: ModelRunner(spec, slot, pre, post) for model_id, slot in self._slots.items()}
+        # Metric names: the model_id, else the model's position (a URI changes with every release).
+        self._runners = {
+            m.id: ModelRunner(spec, self._slots[m.id], pre, post, m.model_id or str(i)) for i, m in enumerate(spec.models)
+        }
+        self._counters_reported = False
         self._ids = [m.id for m in spec.models]
         self._limit = spec.max_models_per_worker
         self._namespace = spec.metrics_namespace
@@ -376,7 +393,7 @@ class BlockModels(ModelHandler):
         return self._batching
 
     def get_metrics_namespace(self) -> str:
-        return self._namespace
+        return beam_metrics_namespace(self._namespace)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(block.features.nbytes for block in batch)
@@ -385,6 +402,11 @@ class BlockModels(ModelHandler):
         """The blocks of the batch, each with its ``Outcome``: one model call per model and
         feature shape over the whole batch (at most ``max_batch_size`` rows each). Blocks, not
         PredictionResults, go on: their coder is InferBridge's, cheap to size."""
+        if not self._counters_reported:  # once per copy of the handler: the runner keeps them
+            for runner in self._runners.values():
+                runner.report_zero_counters()
+            models.report_zero_counters()
+            self._counters_reported = True
         shapes: dict[tuple, list[Any]] = {}
         for block in batch:
             shapes.setdefault(block.features.shape[1:], []).append(block)

@@ -212,8 +212,8 @@ class Inference(beam.PTransform):
 
 
 def run_inference(spec: InferenceSpec, handler: ModelHandler, metadata: Optional[beam.PCollection]) -> RunInference:
-    """Beam's RunInference for ``handler`` with the spec's metrics namespace and resource hints."""
-    run = RunInference(handler, metrics_namespace=spec.metrics_namespace, model_metadata_pcoll=metadata)
+    """Beam's RunInference for ``handler`` with its metrics namespace and the spec's resource hints."""
+    run = RunInference(handler, metrics_namespace=handler.get_metrics_namespace(), model_metadata_pcoll=metadata)
     hints = {k: v for k, v in (("min_ram", spec.min_ram), ("accelerator", spec.accelerator)) if v}
     return run.with_resource_hints(**hints) if hints else run
 
@@ -243,6 +243,8 @@ class _Prepare(beam.DoFn):
         self._routes: dict[Any, int] = {}
 
     def start_bundle(self) -> None:
+        for counter in (self._rows_in, *self._failed.values()):
+            counter.inc(0)  # reported as 0 until it counts
         # Rows and their timestamps (microseconds) per windows, until a block is full.
         self._pending: dict[tuple, tuple[list, list]] = {}
         self._windows: Optional[tuple] = None
@@ -393,6 +395,10 @@ class _Finish(beam.DoFn):
         ns = self._spec.metrics_namespace
         self._out = Metrics.counter(ns, "inferences_out")
         self._failed = {s: Metrics.counter(ns, f"{s}_failures") for s in ("preprocess", "inference", "postprocess", "output")}
+
+    def start_bundle(self) -> None:
+        for counter in (self._out, *self._failed.values()):
+            counter.inc(0)  # reported as 0 until it counts
 
     def process(self, block: Block, window=beam.DoFn.WindowParam) -> Iterable[Any]:
         outcome = block.outcome

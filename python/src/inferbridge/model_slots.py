@@ -143,7 +143,13 @@ class ResidentModels:
         self._limit = limit
         self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._namespace = namespace
         self._loads = Metrics.counter(namespace, "model_loads")
+
+    def report_zero_counters(self) -> None:
+        """Reports the load and refresh counters (as 0 until they count)."""
+        for name in ("model_loads", "model_reload_failures", "model_watch_reloads"):
+            Metrics.counter(self._namespace, name).inc(0)
 
     def resident_first(self, model_ids: Iterable[str]) -> list[str]:
         """Serving loaded models first spares reloads when a batch needs more than the limit."""
@@ -194,6 +200,9 @@ class _ToModelUpdate(beam.DoFn):
 
     def setup(self) -> None:
         self._rejected = Metrics.counter(self._namespace, "model_updates_rejected")
+
+    def start_bundle(self) -> None:
+        self._rejected.inc(0)  # reported as 0 until it counts
 
     def process(self, update: Any, ts=beam.DoFn.TimestampParam) -> Iterable[tuple]:
         model_id, uri = getattr(update, "model_id", None), getattr(update, "uri", None)

@@ -15,10 +15,16 @@ import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
+import java.util.TreeMap;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.PipelineResult;
+import org.apache.beam.sdk.metrics.MetricNameFilter;
+import org.apache.beam.sdk.metrics.MetricQueryResults;
+import org.apache.beam.sdk.metrics.MetricResult;
+import org.apache.beam.sdk.metrics.MetricsFilter;
 import org.apache.beam.sdk.options.Default;
 import org.apache.beam.sdk.options.Description;
 import org.apache.beam.sdk.options.PipelineOptions;
@@ -167,10 +173,12 @@ public final class DigitsClassification {
           .apply("WriteFailures", ParDo.of(new ExampleIo.WriteText(options.getFailuresFile())));
     }
 
-    PipelineResult.State state = pipeline.run().waitUntilFinish();
+    PipelineResult run = pipeline.run();
+    PipelineResult.State state = run.waitUntilFinish();
     if (state != PipelineResult.State.DONE) {
       throw new IllegalStateException("the pipeline ended in state " + state);
     }
+    System.out.println("counters: " + counters(run, "InferBridge"));
     // "correct,predicted" as written by the pipeline.
     String[] counts = readAndDelete(tally).split(",");
     long correct = Long.parseLong(counts[0]);
@@ -182,6 +190,21 @@ public final class DigitsClassification {
     if (accuracy != expected || predicted != digits.size()) {
       System.exit(1);
     }
+  }
+
+  /** The counters of {@code namespace}, summed over the steps that report them: "name=value ...", by name. */
+  private static String counters(PipelineResult run, String namespace) {
+    Map<String, Long> sums = new TreeMap<>();
+    MetricQueryResults results =
+        run.metrics().queryMetrics(MetricsFilter.builder().addNameFilter(MetricNameFilter.inNamespace(namespace)).build());
+    for (MetricResult<Long> counter : results.getCounters()) {
+      sums.merge(counter.getName().getName(), counter.getAttempted(), Long::sum);
+    }
+    StringBuilder line = new StringBuilder();
+    for (Map.Entry<String, Long> e : sums.entrySet()) {
+      line.append(line.length() > 0 ? " " : "").append(e.getKey()).append('=').append(e.getValue());
+    }
+    return line.toString();
   }
 
   private static String readAndDelete(Path file) throws IOException {
