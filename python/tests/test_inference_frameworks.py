@@ -141,3 +141,32 @@ def test_padding_comes_after_every_preprocessing_step(tmp_path):
             result.inferences | beam.Map(lambda r: (r.key, r.example, r.inference)),
             equal_to([(0, [0.0, 1.0, 2.0, -5.0], -2.0), (1, [0.0, 1.0, 2.0, 3.0], 6.0)]),
         )
+
+
+def _scalar_rows(values):
+    return [beam.Row(id=i, **{f"f{j}": float(v) for j, v in enumerate(row)}) for i, row in enumerate(values)]
+
+
+def test_an_onnx_models_declared_width_is_checked_when_the_pipeline_is_built(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    path = tmp_path / "four.onnx"
+    path.write_bytes(to_onnx(model, x[:1].astype(np.float32), options={id(model): {"zipmap": False}}).SerializeToString())
+    # Three numeric feature fields give 3 features; the file declares 4.
+    with pytest.raises(ValueError) as raised:
+        with beam.Pipeline() as p:
+            p | beam.Create(_scalar_rows(x[:, :3])) | Inference(
+                Model.onnx(str(path)), key_field="id", feature_fields=["f0", "f1", "f2"], preprocess=[Step("scale", factor=2.0)]
+            )
+    assert str(raised.value) == (
+        f"models[0].uri='{path}' declares examples of shape (4,); feature_fields ['f0', 'f1', 'f2'] give examples of "
+        "shape (3,); allowed: feature fields (and preprocess steps) that give the shape the model declares"
+    )
+    # Four fit, and the model answers as onnxruntime's own session does.
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_scalar_rows(x[:5])) | Inference(
+            Model.onnx(str(path)), key_field="id", feature_fields=["f0", "f1", "f2", "f3"], postprocess=[Step("argmax")]
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(model.predict(x[:5]).tolist()))))

@@ -48,6 +48,9 @@ MAX_STEP_ROW_BYTES = 16 * 1024 * 1024  # one example's result (2M float64 values
 MAX_STEP_BATCH_BYTES = 256 * 1024 * 1024  # the results of one batch
 # Steps make float64 at most: the per-row bound of a parameter assumes 8 bytes per value.
 VALUE_BYTES = 8
+# Model files read when the pipeline is built for the shape they declare (ONNX): larger ones are
+# checked only by the model, when it runs.
+MAX_SHAPE_READ_BYTES = 256 * 1024 * 1024
 
 # How much of a refused value an error shows.
 _SHOWN_CHARS = 80

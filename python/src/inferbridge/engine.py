@@ -383,6 +383,18 @@ class BlockModels(ModelHandler):
             batching["min_batch_size"] = batching["max_batch_size"] = default_batch_rows(spec)
         self._batching = {**batching, "element_size_fn": _rows_of}
 
+    def check_example_shape(self, shape: tuple[int, ...], origin: str) -> None:
+        """Raises ValueError for a model whose file declares another example shape than
+        ``shape``, the one ``origin`` (e.g. the feature fields) gives every example."""
+        for i, slot in enumerate(self._slots.values()):
+            declared = slot.declared_example_shape()
+            if declared is not None and declared != shape:
+                raise ValueError(
+                    f"models[{i}].uri={slot.uri!r} declares examples of shape {declared}; {origin} give "
+                    f"examples of shape {shape}; allowed: feature fields (and preprocess steps) that give "
+                    "the shape the model declares"
+                )
+
     def load_model(self) -> ResidentModels:
         return ResidentModels(self._slots, self._limit, self._namespace)
 

@@ -158,6 +158,9 @@ class Inference(beam.PTransform):
         handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs)
         for i, model in enumerate(spec.models):
             _check_model_exists(f"models[{i}]", model)
+        shape = _known_example_shape(spec, elements.element_type)
+        if shape is not None:
+            handler.check_example_shape(shape, f"feature_fields {list(spec.feature_fields)}")
 
         prepared = elements | "Prepare" >> beam.ParDo(_Prepare(spec, layout)).with_output_types(
             Block
@@ -470,6 +473,22 @@ def _non_null(field_type: Any) -> Any:
     if typehints.is_nullable(field_type):
         return typehints.get_concrete_type_from_nullable(field_type)
     return field_type
+
+
+# Preprocess steps that keep an example's shape.
+_SHAPE_KEEPING_STEPS = frozenset({"scale", "normalize", "cast"})
+_NUMBER_TYPES = (int, float, np.int8, np.int16, np.int32, np.int64, np.float32, np.float64)
+
+
+def _known_example_shape(spec: InferenceSpec, element_type: Any) -> Optional[tuple[int, ...]]:
+    """The shape of every example when the input schema fixes it (every feature field a number,
+    every preprocess step one that keeps shapes), else None."""
+    fields = input_fields(element_type)
+    if fields is None or any(step.name not in _SHAPE_KEEPING_STEPS for step in spec.preprocess):
+        return None
+    if any(_non_null(fields.get(name)) not in _NUMBER_TYPES for name in spec.feature_fields):
+        return None
+    return (len(spec.feature_fields),)
 
 
 def _check_model_exists(where: str, model: Model) -> None:

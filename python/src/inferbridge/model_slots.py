@@ -83,6 +83,14 @@ class ModelSlot:
             with _watch_lock:  # an update replaces a model loaded from the watch pattern
                 _watched_models.pop(self._token, None)
 
+    @property
+    def uri(self) -> str:
+        """The file this slot serves now."""
+        return self._uri
+
+    def declared_example_shape(self) -> Optional[tuple[int, ...]]:
+        return self._inner.declared_example_shape()
+
     def predict_matrix(self, features: Any, model: Any, inference_args: Optional[dict]) -> Any:
         return self._inner.predict_matrix(features, model, inference_args)
 

@@ -14,12 +14,13 @@ A model's configuration is checked by ``inferbridge.model_checks``, which import
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from inferbridge import frameworks, model_checks, model_files, steps
+from inferbridge import bounds, frameworks, model_checks, model_files, steps
 from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
@@ -73,6 +74,17 @@ class CheckedModelHandler(ModelHandler):
     def uri(self) -> str:
         """The path the next load reads."""
         return self._uri
+
+    def declared_example_shape(self) -> Optional[tuple[int, ...]]:
+        """The shape of one example that the model file declares (ONNX), read now; None when
+        its format declares none or the file is too large to read at construction."""
+        read = self._framework.declared_shape
+        if read is None:
+            return None
+        with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:
+            if os.fstat(file.file.fileno()).st_size > bounds.MAX_SHAPE_READ_BYTES:
+                return None
+            return read(self._model, file)
 
     def load_model(self) -> Any:
         with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:

@@ -71,6 +71,9 @@ class Framework:
     # what to install when it is not.
     cuda_available: Optional[Callable[[], bool]] = None
     cuda_hint: str = ""
+    # declared_shape(model, file): the shape of one example (no batch axis) the model file
+    # declares, read without loading the model; None when it declares none.
+    declared_shape: Optional[Callable[[Model, ModelFile], Optional[tuple[int, ...]]]] = None
 
     def runs_code(self, fmt: str) -> bool:
         return fmt not in self.safe_formats

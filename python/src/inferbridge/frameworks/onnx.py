@@ -103,6 +103,21 @@ def _predict(
     )
 
 
+def _declared_shape(model: Model, file: ModelFile) -> Optional[tuple[int, ...]]:
+    """The static shape of the first graph input past its batch axis, e.g. (64,); None if any
+    dimension is symbolic."""
+    import onnx
+
+    graph = onnx.load_model_from_string(file.data()).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if not inputs:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    shape = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    return shape if shape and all(v > 0 for v in shape) else None
+
+
 def _cuda_available() -> bool:
     import onnxruntime
 
@@ -121,4 +136,5 @@ FRAMEWORK = Framework(
     predict=_predict,
     cuda_available=_cuda_available,
     cuda_hint="onnxruntime-gpu provides CUDA for ONNX",
+    declared_shape=_declared_shape,
 )
