@@ -49,6 +49,7 @@ def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, di
         timeout=TIMEOUT_SECS,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "SEVERE" not in result.stderr and "Exception" not in result.stderr, result.stderr[-4000:]  # a quiet success
     expected = json.loads((digits_dir / "expected.json").read_text())
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == f"accuracy={expected['score']!r} expected={expected['score']!r} rows={expected['rows']}"

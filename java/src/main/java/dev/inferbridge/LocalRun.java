@@ -18,7 +18,10 @@ import org.apache.beam.sdk.fn.server.GrpcFnServer;
 import org.apache.beam.sdk.fn.server.ServerFactory;
 import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
+import org.apache.beam.sdk.options.SdkHarnessOptions;
+import org.apache.beam.sdk.options.SdkHarnessOptions.SdkHarnessLogLevelOverrides;
 import org.apache.beam.sdk.util.construction.PipelineOptionsTranslation;
+import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.internal.ManagedChannelImplBuilder;
 import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
 
 /**
@@ -59,6 +62,13 @@ public final class LocalRun implements AutoCloseable {
   public static final String JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT";
 
   private static final String DIRECT_RUNNER = "org.apache.beam.runners.direct.DirectRunner";
+
+  // Beam's Java SDK harness, which serves this JVM's worker pool, never shuts down its logging
+  // and data channels, and gRPC reports each one (SEVERE, with a stack trace) when it is garbage
+  // collected: a successful run printed two or more. The harness configures its own logging when
+  // a worker starts, so the report is turned off there, for Beam's vendored gRPC only.
+  private static final String ORPHANED_CHANNEL_REPORTS =
+      ManagedChannelImplBuilder.class.getPackage().getName() + ".ManagedChannelOrphanWrapper";
 
   private final GrpcFnServer<WorkerPool> javaWorkers;
 
@@ -105,6 +115,11 @@ public final class LocalRun implements AutoCloseable {
   static LocalRun start(PipelineOptions options, Function<String, String> getenv) throws IOException {
     PortablePipelineOptions portable = options.as(PortablePipelineOptions.class);
     portable.setRunner(runner(portable));
+    SdkHarnessOptions harness = portable.as(SdkHarnessOptions.class);
+    SdkHarnessLogLevelOverrides overrides = harness.getSdkHarnessLogLevelOverrides();
+    harness.setSdkHarnessLogLevelOverrides(
+        (overrides != null ? overrides : new SdkHarnessLogLevelOverrides())
+            .addOverrideForName(ORPHANED_CHANNEL_REPORTS, SdkHarnessOptions.LogLevel.OFF));
     portable.setJobEndpoint(jobEndpoint("LocalRun.start()", portable.getJobEndpoint(), getenv));
     // Beam's LOOPBACK environment only gets its address at run(), too late for cross-language
     // expansion, which records the Java environment when the transform is applied: so this JVM
