@@ -32,6 +32,8 @@ def run_java(classpath, env, *args):
 
 
 def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, digits_dir, tmp_path):
+    java_tmp = tmp_path / "java-tmp"
+    java_tmp.mkdir()
     predictions = tmp_path / "predictions.csv"
     failures = tmp_path / "failures.jsonl"
     result = subprocess.run(
@@ -39,7 +41,7 @@ def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, di
             os.path.join(os.path.dirname(sys.executable), "inferbridge-local"),
             f"--trusted-model-root={digits_dir}",
             "--",
-            "java", "-cp", java_classpath, MAIN_CLASS,
+            "java", f"-Djava.io.tmpdir={java_tmp}", "-cp", java_classpath, MAIN_CLASS,
             f"--modelDir={digits_dir}",
             f"--predictionsFile={predictions}",
             f"--failuresFile={failures}",
@@ -50,6 +52,7 @@ def test_example_under_inferbridge_local_matches_scikit_learn(java_classpath, di
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "SEVERE" not in result.stderr and "Exception" not in result.stderr, result.stderr[-4000:]  # a quiet success
+    assert list(java_tmp.iterdir()) == []  # nothing staged, nothing left behind
     expected = json.loads((digits_dir / "expected.json").read_text())
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == f"accuracy={expected['score']!r} expected={expected['score']!r} rows={expected['rows']}"

@@ -3,8 +3,10 @@ package dev.inferbridge;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.List;
 import java.util.function.Function;
+import java.util.logging.Logger;
 import org.apache.beam.fn.harness.ExternalWorkerService;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerResponse;
@@ -18,8 +20,6 @@ import org.apache.beam.sdk.fn.server.GrpcFnServer;
 import org.apache.beam.sdk.fn.server.ServerFactory;
 import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
-import org.apache.beam.sdk.options.SdkHarnessOptions;
-import org.apache.beam.sdk.options.SdkHarnessOptions.SdkHarnessLogLevelOverrides;
 import org.apache.beam.sdk.util.construction.PipelineOptionsTranslation;
 import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.internal.ManagedChannelImplBuilder;
 import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
@@ -49,7 +49,10 @@ import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
  *       {@code inferbridge-local -- <command>} sets next to {@value Inference#EXPANSION_SERVICE_ENV}
  *       (a Flink job server started by {@code scripts/flink-local} works the same way);
  *   <li>the Java environment: {@code EXTERNAL}, a worker pool served by this JVM until {@link
- *       #close()}.
+ *       #close()};
+ *   <li>the files to stage: none, unless {@code --filesToStage} is given. The Java stages run in
+ *       this JVM, which has their classes; Beam would otherwise upload the whole classpath (tens
+ *       of megabytes) and leave a zip of each classes directory in the temporary directory.
  * </ul>
  *
  * <p>Call it before {@code Pipeline.create(options)}, which needs the runner and the job service,
@@ -65,10 +68,11 @@ public final class LocalRun implements AutoCloseable {
 
   // Beam's Java SDK harness, which serves this JVM's worker pool, never shuts down its logging
   // and data channels, and gRPC reports each one (SEVERE, with a stack trace) when it is garbage
-  // collected: a successful run printed two or more. The harness configures its own logging when
-  // a worker starts, so the report is turned off there, for Beam's vendored gRPC only.
-  private static final String ORPHANED_CHANNEL_REPORTS =
-      ManagedChannelImplBuilder.class.getPackage().getName() + ".ManagedChannelOrphanWrapper";
+  // collected: a successful run printed two or more. The report is dropped for Beam's vendored
+  // gRPC only, by a filter (the harness resets log levels when a worker starts, not filters); the
+  // logger is held here, as its filter lives as long as it does.
+  private static final Logger ORPHANED_CHANNEL_REPORTS =
+      Logger.getLogger(ManagedChannelImplBuilder.class.getPackage().getName() + ".ManagedChannelOrphanWrapper");
 
   private final GrpcFnServer<WorkerPool> javaWorkers;
 
@@ -115,17 +119,16 @@ public final class LocalRun implements AutoCloseable {
   static LocalRun start(PipelineOptions options, Function<String, String> getenv) throws IOException {
     PortablePipelineOptions portable = options.as(PortablePipelineOptions.class);
     portable.setRunner(runner(portable));
-    SdkHarnessOptions harness = portable.as(SdkHarnessOptions.class);
-    SdkHarnessLogLevelOverrides overrides = harness.getSdkHarnessLogLevelOverrides();
-    harness.setSdkHarnessLogLevelOverrides(
-        (overrides != null ? overrides : new SdkHarnessLogLevelOverrides())
-            .addOverrideForName(ORPHANED_CHANNEL_REPORTS, SdkHarnessOptions.LogLevel.OFF));
+    ORPHANED_CHANNEL_REPORTS.setFilter(report -> false);
     portable.setJobEndpoint(jobEndpoint("LocalRun.start()", portable.getJobEndpoint(), getenv));
     // Beam's LOOPBACK environment only gets its address at run(), too late for cross-language
     // expansion, which records the Java environment when the transform is applied: so this JVM
     // serves its own worker pool from before the pipeline is built.
     GrpcFnServer<WorkerPool> workers =
         GrpcFnServer.allocatePortAndCreateFor(new WorkerPool(portable), ServerFactory.createDefault());
+    if (portable.getFilesToStage() == null) {
+      portable.setFilesToStage(Collections.emptyList());
+    }
     portable.setDefaultEnvironmentType("EXTERNAL");
     portable.setDefaultEnvironmentConfig(workers.getApiServiceDescriptor().getUrl());
     return new LocalRun(workers);

@@ -1,13 +1,18 @@
 package dev.inferbridge;
 
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertThrows;
 import static org.junit.Assert.assertTrue;
 
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.Map;
 import java.util.function.Function;
+import java.util.logging.Level;
+import java.util.logging.LogRecord;
+import java.util.logging.Logger;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
@@ -56,6 +61,12 @@ public class LocalRunTest {
       assertEquals(PortableRunner.class, options.getRunner());
       assertEquals(JOBS, options.getJobEndpoint());
       assertEquals("EXTERNAL", options.getDefaultEnvironmentType());
+      // Nothing staged: the Java stages run in this JVM.
+      assertEquals(Collections.emptyList(), options.getFilesToStage());
+      // The harness's report of the channels it leaves open is dropped.
+      LogRecord report = new LogRecord(Level.SEVERE, "Previous channel was garbage collected without being shut down!");
+      assertFalse(Logger.getLogger("org.apache.beam.vendor.grpc.v1p69p0.io.grpc.internal.ManagedChannelOrphanWrapper")
+          .getFilter().isLoggable(report));
       // The runner accepts the options.
       Pipeline.create(options);
       // A real call to the worker pool (stopping an unknown worker is a no-op for thread workers).
@@ -89,10 +100,12 @@ public class LocalRunTest {
 
   @Test
   public void givenOptionsWinOverTheEnvironment() throws Exception {
-    PortablePipelineOptions options = options("--runner=PortableRunner", "--jobEndpoint=jobs.internal:8099");
+    PortablePipelineOptions options =
+        options("--runner=PortableRunner", "--jobEndpoint=jobs.internal:8099", "--filesToStage=/opt/extra.jar");
     try (LocalRun local = LocalRun.start(options, env(LocalRun.JOB_ENDPOINT_ENV, JOBS))) {
       assertEquals(PortableRunner.class, options.getRunner());
       assertEquals("jobs.internal:8099", options.getJobEndpoint());
+      assertEquals(Collections.singletonList("/opt/extra.jar"), options.getFilesToStage());
     }
   }
 
