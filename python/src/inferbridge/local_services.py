@@ -141,8 +141,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--job-endpoint", help="host:port of a running job service (e.g. a Flink job server) to use instead of starting one"
     )
     parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
-    for flag in ("--model-root", "--trusted-model-root", "--allow-model-class", "--python-path"):
-        parser.add_argument(flag, action="append", default=[], help="passed to the expansion service")
+    service_flags = {
+        "--model-root": "models must be under one of these (repeatable; default: anywhere)",
+        "--trusted-model-root": "pickle, joblib and TorchScript models, which run code when loaded, load only from "
+        "here (repeatable; default: nowhere)",
+        "--allow-model-class": "PyTorch model classes may be imported from modules under this prefix (repeatable)",
+        "--python-path": "a folder put first on the import path of the service and its workers, e.g. for "
+        "PyTorch model classes (repeatable)",
+    }
+    for flag, meaning in service_flags.items():
+        parser.add_argument(flag, action="append", default=[], help=f"{meaning}; passed to the expansion service")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

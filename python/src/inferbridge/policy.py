@@ -163,7 +163,8 @@ class LoadPolicy:
             f"{where}={model_class!r} is not under an allowed model class prefix "
             f"({_listing(self.allowed_model_classes)}); importing it would run its module's code. "
             f"To allow it, add {module!r} (or a parent package) to {ALLOWED_CLASSES_ENV} "
-            "(comma-separated) or start the expansion service with --allow-model-class PREFIX"
+            "(comma-separated), or give --allow-model-class=PREFIX to the expansion service or to "
+            "inferbridge-local"
         )
 
 
