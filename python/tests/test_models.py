@@ -29,7 +29,8 @@ from sklearn.preprocessing import FunctionTransformer
 import tiny_torch
 from tiny_torch import TinyNet
 
-from inferbridge import frameworks, model_checks, models, steps
+from inferbridge import frameworks, model_checks, model_files, models, steps
+from inferbridge import policy as policy_module
 from inferbridge.policy import (
     ALLOWED_CLASSES_ENV,
     ANY,
@@ -516,6 +517,21 @@ def test_pickle_outside_trusted_roots_is_refused_at_construction(sk_files, tmp_p
         assert message.startswith(f"models[2].uri={sk_files['pickle', 'a']!r}: sklearn format 'pickle' runs code")
         assert TRUSTED_ROOTS_ENV in message and "--trusted-model-root DIR" in message
         assert "skops" in message
+
+
+def test_a_relative_model_path_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hint = (
+        ". 'digits.pkl' is a relative path, read from the working directory of the process that builds the "
+        "pipeline (for a Java pipeline, the expansion service's): give an absolute path"
+    )
+    with pytest.raises(ValueError) as raised:
+        models.handler_for(_sklearn("digits.pkl"), LoadPolicy(trusted_roots=("/models",)), "models[0]")
+    assert str(raised.value).endswith(hint)
+    with pytest.raises(ValueError) as raised:
+        model_files.check_regular_file("digits.pkl", "models[0]")
+    assert str(raised.value).endswith(hint)
+    assert policy_module.relative_path_hint("/models/digits.pkl") == policy_module.relative_path_hint("gs://b/m.pkl") == ""
 
 
 def test_trusted_roots_allow_pickle_and_count_as_model_roots(sk_files, classifiers, digits, root, tmp_path):

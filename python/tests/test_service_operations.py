@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -29,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferbridge import Inference, Model, Step, healthcheck
-from inferbridge.evaluate import EVALUATE_URN, EvaluateConfig
+from inferbridge.evaluate import EVALUATE_URN
 from inferbridge.local_services import expansion_service, free_port, wait_until_serving
 from inferbridge.spec import RUN_INFERENCE_BLOCKS_URN, RUN_INFERENCE_URN, RunInferenceConfig, describe_schema
 from slow_expansion import SLOW_URN, SlowIdentity

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import joblib
-import pytest
 from digits_support import read_predictions, sklearn_predictions
 
 

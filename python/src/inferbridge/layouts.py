@@ -18,7 +18,6 @@ A value that cannot be the declared kind of inference fails its own row at stage
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import typing
 from typing import Any, Callable, Iterable, Optional, Sequence

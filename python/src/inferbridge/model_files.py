@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Iterator, Optional
 
-from inferbridge.policy import LoadPolicy, local_path
+from inferbridge.policy import LoadPolicy, local_path, relative_path_hint
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
@@ -105,7 +105,7 @@ def check_regular_file(uri: str, where: str) -> None:
 def _not_found(uri: str, where: str, why: str) -> str:
     return (
         f"{where}.uri={uri!r} does not exist or is not readable from the process that builds the "
-        f"pipeline ({why}); give a path or URI the workers can read"
+        f"pipeline ({why}); give a path or URI the workers can read{relative_path_hint(uri)}"
     )
 
 

@@ -140,12 +140,12 @@ class LoadPolicy:
                     f"it, put the file under a trusted root and add that directory to "
                     f"{TRUSTED_ROOTS_ENV} (comma-separated) or start the expansion service with "
                     "--trusted-model-root DIR; or save the model in a format that does not run "
-                    f"code ({_safe_formats()})"
+                    f"code ({_safe_formats()}){relative_path_hint(uri)}"
                 )
             raise OutsideRoots(
                 f"{where}.uri={uri!r} is outside the allowed model roots ({roots}); to allow it, "
                 f"add its directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion "
-                "service with --model-root DIR"
+                f"service with --model-root DIR{relative_path_hint(uri)}"
             )
         class_option = frameworks.class_to_import(model)
         if class_option is not None and isinstance(class_option[1], str):
@@ -174,6 +174,17 @@ def local_path(uri: str) -> Optional[str]:
     if match is None:
         return uri
     return uri[match.end() :] if match.group(1).lower() == "file" else None
+
+
+def relative_path_hint(uri: str) -> str:
+    """For a relative local path, what an error about it should add; else ""."""
+    path = local_path(uri)
+    if path is None or os.path.isabs(path):
+        return ""
+    return (
+        f". {uri!r} is a relative path, read from the working directory of the process that builds "
+        "the pipeline (for a Java pipeline, the expansion service's): give an absolute path"
+    )
 
 
 def _location(uri: str, where: str) -> tuple[Optional[str], str]:
