@@ -337,12 +337,6 @@ def _rows_of(block: Any) -> int:
     return len(block.features)
 
 
-def beam_metrics_namespace(namespace: str) -> str:
-    """Where Beam's own RunInference metrics go: they count batches of blocks, not rows, so they
-    stay apart from InferBridge's (``namespace``)."""
-    return f"{namespace}_beam"
-
-
 class BlockModels(ModelHandler):
     """Every model of the spec behind one Beam handler; the rows of each batch of blocks are
     routed to their models inside it.
@@ -405,7 +399,8 @@ class BlockModels(ModelHandler):
         return self._batching
 
     def get_metrics_namespace(self) -> str:
-        return beam_metrics_namespace(self._namespace)
+        # Beam's own RunInference metrics count batches of blocks, not rows: apart from ours.
+        return f"{self._namespace}_beam"
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(block.features.nbytes for block in batch)

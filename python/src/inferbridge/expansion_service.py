@@ -59,7 +59,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # Importing the composites registers their URNs with Beam.
 from inferbridge import blocks, compat, evaluate, inference, spec  # noqa: F401
 from inferbridge.compat import Refusal
-from inferbridge.policy import LoadPolicy
+from inferbridge.policy import MODEL_SOURCE_FLAGS, LoadPolicy
 from inferbridge.request_checks import (
     check_components,
     check_configuration,
@@ -569,21 +569,18 @@ def _parser() -> argparse.ArgumentParser:
     flag("--allow-urn", action="append", default=[], metavar="URN",
          help="also expand this URN (repeatable); only URNs registered by an --import module")
     flag("--python-path", env="INFERBRIDGE_PYTHON_PATH", action="append", default=[], metavar="DIR",
-         help="put this directory first on the import path of the service, its expansion processes and its "
-         "embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)")
+         help=MODEL_SOURCE_FLAGS["--python-path"])
     flag("--import", dest="imports", env="INFERBRIDGE_IMPORTS", action="append", default=[], metavar="MODULE",
          help="import this module at start-up, to register the transforms of --allow-urn (repeatable)")
     # What models expanded pipelines may load (see inferbridge.policy).
     env = LoadPolicy.from_env()
     flag("--model-root", env="INFERBRIDGE_MODEL_ROOTS", action="append", default=list(env.model_roots),
-         metavar="DIR_OR_URI", help="models must be under one of these (repeatable; default: anywhere)")
+         metavar="DIR_OR_URI", help=MODEL_SOURCE_FLAGS["--model-root"])
     flag("--trusted-model-root", env="INFERBRIDGE_TRUSTED_MODEL_ROOTS", action="append",
-         default=list(env.trusted_roots), metavar="DIR_OR_URI",
-         help="pickle, joblib and TorchScript models, which run code when loaded, may be loaded from "
-         "here (repeatable; default: nowhere)")
+         default=list(env.trusted_roots), metavar="DIR_OR_URI", help=MODEL_SOURCE_FLAGS["--trusted-model-root"])
     flag("--allow-model-class", env="INFERBRIDGE_ALLOWED_MODEL_CLASSES", action="append",
          default=list(env.allowed_model_classes), metavar="MODULE_PREFIX",
-         help="PyTorch model classes may be imported from modules under this prefix (repeatable; default: none)")
+         help=MODEL_SOURCE_FLAGS["--allow-model-class"])
 
     workers = parser.add_argument_group("where the expanded Python stages run")
     flag("--environment-type", default="EMBEDDED", choices=["EMBEDDED", "EXTERNAL", "DOCKER", "PROCESS"],

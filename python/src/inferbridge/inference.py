@@ -51,7 +51,9 @@ _LOGGER = logging.getLogger("inferbridge.inference")
 # Input tags when the composite gets model updates as a second input (cross-language).
 ROWS_TAG = "rows"
 MODEL_UPDATES_TAG = "model_updates"
-_KEY_TYPES = (str, int, np.int64, np.int32, np.int16, np.int8)
+_INTEGER_TYPES = (int, np.int64, np.int32, np.int16, np.int8)
+_KEY_TYPES = (str, *_INTEGER_TYPES)
+_NUMBER_TYPES = (*_INTEGER_TYPES, float, np.float32, np.float64)
 _NON_NUMERIC_TYPES = (str, bytes, bool)
 
 _load_policy: Optional[LoadPolicy] = None
@@ -477,7 +479,6 @@ def _non_null(field_type: Any) -> Any:
 
 # Preprocess steps that keep an example's shape.
 _SHAPE_KEEPING_STEPS = frozenset({"scale", "normalize", "cast"})
-_NUMBER_TYPES = (int, float, np.int8, np.int16, np.int32, np.int64, np.float32, np.float64)
 
 
 def _known_example_shape(spec: InferenceSpec, element_type: Any) -> Optional[tuple[int, ...]]:

@@ -25,6 +25,7 @@ import grpc
 from apache_beam.runners.portability import local_job_service
 
 from inferbridge import healthcheck
+from inferbridge.policy import MODEL_SOURCE_FLAGS
 
 EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE"
 JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT"
@@ -141,15 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--job-endpoint", help="host:port of a running job service (e.g. a Flink job server) to use instead of starting one"
     )
     parser.add_argument("--log-level", default="WARNING", help="log level of the expansion service")
-    service_flags = {
-        "--model-root": "models must be under one of these (repeatable; default: anywhere)",
-        "--trusted-model-root": "pickle, joblib and TorchScript models, which run code when loaded, load only from "
-        "here (repeatable; default: nowhere)",
-        "--allow-model-class": "PyTorch model classes may be imported from modules under this prefix (repeatable)",
-        "--python-path": "a folder put first on the import path of the service and its workers, e.g. for "
-        "PyTorch model classes (repeatable)",
-    }
-    for flag, meaning in service_flags.items():
+    for flag, meaning in MODEL_SOURCE_FLAGS.items():
         parser.add_argument(flag, action="append", default=[], help=f"{meaning}; passed to the expansion service")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
@@ -157,14 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not command:
         parser.error("give the command to run after --, e.g. inferbridge-local -- java -cp ... Main")
     service_args = [
-        f"{flag}={value}"
-        for flag, values in (
-            ("--model-root", args.model_root),
-            ("--trusted-model-root", args.trusted_model_root),
-            ("--allow-model-class", args.allow_model_class),
-            ("--python-path", args.python_path),
-        )
-        for value in values
+        f"{flag}={value}" for flag in MODEL_SOURCE_FLAGS for value in getattr(args, flag[2:].replace("-", "_"))
     ]
     with local_services(args.expansion_port, args.job_port, args.log_level, service_args, args.job_endpoint) as env:
         print(

@@ -34,6 +34,18 @@ ALLOWED_CLASSES_ENV = "INFERBRIDGE_ALLOWED_MODEL_CLASSES"
 # In any of the three lists: anything is allowed.
 ANY = "*"
 
+# The expansion service's flags on where models and their classes come from, with their help;
+# inferbridge-local passes the same flags through to the service it starts.
+MODEL_SOURCE_FLAGS = {
+    "--model-root": "models must be under one of these (repeatable; default: anywhere)",
+    "--trusted-model-root": "pickle, joblib and TorchScript models, which run code when loaded, may be loaded "
+    "from here (repeatable; default: nowhere)",
+    "--allow-model-class": "PyTorch model classes may be imported from modules under this prefix (repeatable; "
+    "default: none)",
+    "--python-path": "put this directory first on the import path of the service, its expansion processes and "
+    "its embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)",
+}
+
 _SCHEME = re.compile(r"^([A-Za-z][-A-Za-z0-9+.]*)://")
 
 
