@@ -3,8 +3,10 @@
 Every test talks to the real service in a child process over gRPC.
 """
 
+import ctypes
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -257,6 +259,21 @@ def test_operator_allowed_urns_expand_and_slow_expansions_hit_the_deadline(as_ro
     finally:
         output = _stop(process)
     assert f"the expansion of {SLOW_URN} did not finish within 15.0 s" in slow.error, output
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131}  # Linux syscall numbers
+
+
+@pytest.mark.skipif(platform.machine() not in _TGKILL, reason="sends a signal to one thread with Linux's tgkill")
+def test_sigterm_taken_by_any_thread_stops_the_service():
+    # The kernel may hand a process's signal to any of its threads; the service must still stop.
+    process, _ = _serving()
+    threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task") if int(tid) != process.pid]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(_TGKILL[platform.machine()], process.pid, threads[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output
+    assert "Stopped" in output
 
 
 def test_sigterm_lets_in_flight_expansions_finish(as_rows):

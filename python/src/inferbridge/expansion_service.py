@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -530,6 +531,11 @@ def _parser() -> argparse.ArgumentParser:
         "Every flag may also be given by the environment variable named after it.",
     )
 
+    sections: list[Any] = [parser]  # flags go to the last section opened
+
+    def section(title: str) -> None:
+        sections.append(parser.add_argument_group(title))
+
     def flag(name: str, env: Optional[str] = None, parse: Callable[[str], Any] = str, **kwargs: Any) -> None:
         env = env or _env_name(name)
         if env in os.environ:
@@ -542,9 +548,9 @@ def _parser() -> argparse.ArgumentParser:
                 except ValueError:
                     parser.error(f"${env}={raw!r} is not valid for {name}")
         kwargs["help"] = kwargs.get("help", "") + f" [env {env}]"
-        parser.add_argument(name, type=parse, **kwargs)
+        sections[-1].add_argument(name, type=parse, **kwargs)
 
-    listen = parser.add_argument_group("listening")
+    section("listening")
     flag("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback only; "
          "0.0.0.0 inside a container)")
     flag("--port", parse=int, default=8097, help="port to listen on; 0 picks a free one (default: %(default)s)")
@@ -560,7 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--shutdown-grace-secs", parse=float, default=30.0,
          help="on SIGTERM, how long in-flight requests may still take (default: %(default)s)")
 
-    security = parser.add_argument_group("security")
+    section("security")
     flag("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token>' on every RPC "
          "(health checks aside), the token read from FILE; or set $INFERBRIDGE_AUTH_TOKEN itself")
     flag("--tls-cert-file", metavar="PEM", help="serve TLS with this certificate (chain)")
@@ -582,7 +588,7 @@ def _parser() -> argparse.ArgumentParser:
          default=list(env.allowed_model_classes), metavar="MODULE_PREFIX",
          help=MODEL_SOURCE_FLAGS["--allow-model-class"])
 
-    workers = parser.add_argument_group("where the expanded Python stages run")
+    section("where the expanded Python stages run")
     flag("--environment-type", default="EMBEDDED", choices=["EMBEDDED", "EXTERNAL", "DOCKER", "PROCESS"],
          help="EMBEDDED: this service's own worker pool (local runners); EXTERNAL: worker pools at "
          "--environment-config host:port (Flink worker-pool sidecars); DOCKER: the SDK worker image "
@@ -593,7 +599,7 @@ def _parser() -> argparse.ArgumentParser:
          "it private (default: %(default)s)")
     flag("--worker-pool-port", parse=int, default=0, help="port of the embedded worker pool (default: a free one)")
 
-    logs = parser.add_argument_group("logging")
+    section("logging")
     flag("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
     flag("--log-format", default="text", choices=["text", "json"],
          help="json: one JSON object per line (default: %(default)s)")
@@ -660,6 +666,28 @@ def _extend_import_path(directories: Sequence[str]) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(resolved + ([inherited] if inherited else []))
 
 
+class _StopSignals:
+    """Waits for SIGTERM or SIGINT; set up in the main thread.
+
+    The kernel may deliver a signal to any thread, and Python runs handlers in the main thread
+    only when it next executes bytecode: a main thread asleep on a lock would never notice. It
+    sleeps on a socket instead, to which Python writes a byte from whichever thread took the
+    signal (the socket pair lives as long as this object: a closed wakeup fd's number is reused).
+    """
+
+    def __init__(self) -> None:
+        self._received: list[int] = []
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _: self._received.append(signum))
+
+    def wait(self) -> None:
+        while not self._received:
+            self._reader.recv(64)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Runs the service until SIGTERM or SIGINT; returns 2 for a bad flag, and exits 0 when stopped."""
     args = _parser().parse_args(argv)
@@ -680,9 +708,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except OSError as e:
         print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
         return 2
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+    stop_signals = _StopSignals()
     server.start()
     _LOGGER.info(
         "InferBridge expansion service %s (Apache Beam %s) listening on %s (%s%s); serving %s; "
@@ -696,7 +722,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.environment,
     )
     _LOGGER.info("Model policy: %s", policy)
-    stopping.wait()
+    stop_signals.wait()
     _LOGGER.info("Shutting down: finishing in-flight requests (up to %g s)", args.shutdown_grace_secs)
     server.stop(args.shutdown_grace_secs)
     _LOGGER.info("Stopped")
