@@ -155,3 +155,24 @@ def test_every_module_imports():
 @pytest.mark.parametrize("module", LIGHT)
 def test_checking_a_spec_imports_no_framework(module):
     assert "torch" not in _fresh_import(module), f"importing {module} imported torch"
+
+
+def test_the_package_the_service_and_a_sklearn_pipeline_import_no_torch(tmp_path):
+    # Beam's inference module imports torch for its model manager, which InferBridge never uses.
+    script = f"""
+import pickle, sys
+import apache_beam as beam
+from sklearn.linear_model import LinearRegression
+from inferbridge import Inference, LoadPolicy, Model
+import inferbridge.expansion_service
+assert "torch" not in sys.modules, "importing inferbridge imported torch"
+with open({str(tmp_path / "m.pkl")!r}, "wb") as f:
+    pickle.dump(LinearRegression().fit([[0.0], [1.0]], [0.0, 2.0]), f)
+with beam.Pipeline() as p:
+    _ = p | beam.Create([beam.Row(id="a", f=[3.0])]) | Inference(
+        Model.sklearn({str(tmp_path / "m.pkl")!r}), key_field="id", feature_fields="f",
+        policy=LoadPolicy(trusted_roots=({str(tmp_path)!r},)))
+assert "torch" not in sys.modules, "running a scikit-learn pipeline imported torch"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

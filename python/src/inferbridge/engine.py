@@ -19,10 +19,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.typehints.row_type import RowTypeConstraint
 
 from inferbridge import steps
+from inferbridge.beam_ml import ModelHandler
 from inferbridge.model_slots import ModelSlot, ResidentModels, update_slots
 from inferbridge.policy import LoadPolicy
 from inferbridge.spec import InferenceSpec

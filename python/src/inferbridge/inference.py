@@ -6,6 +6,7 @@ stage that failed (input, routing, preprocess, inference, postprocess, output) a
 
 from __future__ import annotations
 
+import difflib
 import logging
 import typing
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
@@ -14,7 +15,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import RowCoder
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
 from apache_beam.typehints.row_type import RowTypeConstraint
@@ -22,6 +22,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from inferbridge import model_files, steps
+from inferbridge.beam_ml import ModelHandler, RunInference
+from inferbridge.bounds import shorten
 from inferbridge.engine import (
     FAILURE_ROW,
     FAILURES_TAG,
@@ -34,10 +36,11 @@ from inferbridge.engine import (
     numeric_array,
     unmapped_key,
 )
-from inferbridge.layouts import INFERENCE_FIELDS, Block, Columns, RowLayout, take, value
+from inferbridge.layouts import INFERENCE_FIELDS, ROWS_HINT, Block, Columns, RowLayout, take, value
 from inferbridge.model_slots import model_metadata
-from inferbridge.policy import LoadPolicy
+from inferbridge.policy import LoadPolicy, local_path
 from inferbridge.spec import (
+    OPTIONS,
     RUN_INFERENCE_URN,
     InferenceSpec,
     Model,
@@ -102,8 +105,9 @@ class Inference(beam.PTransform):
         result.failures    # Row(stage, step, error_type, message, element, key, model_id)
 
     Steps run in the order given (preprocess first to last before the model, postprocess first
-    to last after it). ``model_updates`` is a PCollection of Rows ``(model_id, uri)``: each
-    replaces the named model, in streaming pipelines, without a restart. ``policy`` decides
+    to last after it). ``model_updates`` is a PCollection of Rows ``(model_id, uri)``, Beam's
+    ``ModelMetadata`` (what ``WatchFilePattern`` emits) or ``(model_id, ModelMetadata or uri)``
+    pairs: each replaces a model, in streaming pipelines, without a restart. ``policy`` decides
     which model files may be loaded (default: ``LoadPolicy.from_env()``). ``options`` are the
     other ``InferenceSpec`` fields: batching, ``variable_length``, ``max_models_per_worker``,
     resource hints, ``metrics_namespace``.
@@ -125,6 +129,7 @@ class Inference(beam.PTransform):
         **options: Any,
     ) -> None:
         super().__init__()
+        _check_arguments(type(self).__name__, options, model_updates, policy)
         self._spec = InferenceSpec(
             key_field=key_field,
             feature_fields=feature_fields,
@@ -159,7 +164,8 @@ class Inference(beam.PTransform):
         # Building the handler checks each model against the policy, before its file is looked at.
         handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs)
         for i, model in enumerate(spec.models):
-            _check_model_exists(f"models[{i}]", model)
+            if model.beam_handler is None:  # a handler loads what it was built for
+                _check_model_exists(f"models[{i}]", model, policy)
         shape = _known_example_shape(spec, elements.element_type)
         if shape is not None:
             handler.check_example_shape(shape, f"feature_fields {list(spec.feature_fields)}")
@@ -184,6 +190,7 @@ class Inference(beam.PTransform):
 
     def _layout(self, element_type: Any) -> tuple[Any, Any]:
         """How elements become blocks, and the type of the output elements."""
+        _require_rows(self._spec, element_type)
         key_type, passthrough = _check_input_schema(self._spec, element_type)
         layout = RowLayout(self._spec, convert_key=key_type is str)
         return layout, output_row_type(self._spec, key_type, passthrough)
@@ -201,7 +208,7 @@ class Inference(beam.PTransform):
         return inputs, self._model_updates
 
     def to_runner_api_parameter(self, context: Any) -> tuple[str, Any]:
-        if self._spec.has_callables or self._model_updates is not None or self._policy is not None:
+        if self._spec.python_only or self._model_updates is not None or self._policy is not None:
             # Python-only state: Beam's own (pickled) form, understood by Python runners.
             return super().to_runner_api_parameter(context)
         return self.urn, NamedTupleBasedPayloadBuilder(self._spec.to_config()).build()
@@ -439,6 +446,78 @@ class _Finish(beam.DoFn):
 
 # --- Construction-time checks -------------------------------------------------------------------
 
+# The keyword arguments of the composite besides ``models``: its own, then the spec's options.
+_OWN_KEYWORDS = (
+    "key_field", "feature_fields", "preprocess", "postprocess", "passthrough_fields", "model_updates", "policy",
+)
+_SPEC_OPTIONS = tuple(f.name for f, _ in OPTIONS if f.name not in (*_OWN_KEYWORDS, "models"))
+KEYWORDS = (*_OWN_KEYWORDS, *_SPEC_OPTIONS)
+
+
+def _check_arguments(name: str, options: dict[str, Any], model_updates: Any, policy: Any) -> None:
+    """Fails for an unknown keyword argument, a ``policy`` that is not a LoadPolicy and
+    ``model_updates`` that are not a PCollection: each names the argument, its value and what
+    is allowed."""
+    for keyword, given in options.items():
+        if keyword not in _SPEC_OPTIONS:
+            close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"{name}() got an unknown keyword argument {keyword}={shorten(given)}{hint}; "
+                f"allowed keywords: {', '.join(KEYWORDS)}"
+            )
+    if policy is not None and not isinstance(policy, LoadPolicy):
+        raise TypeError(
+            f"policy={shorten(policy)} is a {type(policy).__name__}, not a LoadPolicy; allowed: a "
+            "LoadPolicy, e.g. LoadPolicy(trusted_roots=['/models']), or None (the policy from the "
+            "environment, LoadPolicy.from_env())"
+        )
+    if model_updates is not None and not isinstance(model_updates, beam.pvalue.PCollection):
+        raise TypeError(
+            f"model_updates={shorten(model_updates)} is a {type(model_updates).__name__}, not a "
+            "PCollection; allowed: a PCollection of the same pipeline holding Row(model_id, uri), "
+            "Beam's ModelMetadata (e.g. from WatchFilePattern), or (model_id, ModelMetadata or uri) "
+            "pairs (e.g. p | beam.Create([beam.Row(model_id='a', uri='/models/a-v2.pkl')])), or None"
+        )
+
+
+def _require_rows(spec: InferenceSpec, element_type: Any) -> None:
+    """Fails when the input's element type is known and is not a schema'd Row (dicts, tuples,
+    lists, strings, numbers, numpy arrays, Arrow batches). Unknown types (Any, object) and
+    plain objects of other classes are read by attribute, row by row."""
+    if not _not_rows(element_type):
+        return
+    arrow = isinstance(element_type, type) and element_type.__module__.startswith("pyarrow")
+    raise TypeError(
+        f"Inference needs schema'd Rows as input, but the input PCollection's elements are "
+        f"{shorten(element_type)}; allowed: beam.Row elements, or a NamedTuple or dataclass "
+        f"with a schema, holding key_field={spec.key_field!r} and feature_fields "
+        f"{list(spec.feature_fields)}: {ROWS_HINT}"
+        + ("; for pyarrow RecordBatch or Table elements use BlockInference" if arrow else "")
+    )
+
+
+def _not_rows(element_type: Any) -> bool:
+    """Whether ``element_type`` is known not to be a type of schema'd Rows."""
+    from apache_beam.typehints import typehints
+
+    if element_type is None or element_type is typing.Any or element_type is object:
+        return False
+    if isinstance(element_type, (typehints.AnyTypeConstraint, typehints.TypeVariable)):
+        return False
+    if input_fields(element_type) is not None:
+        return False
+    if isinstance(element_type, typehints.UnionConstraint):
+        return all(_not_rows(t) for t in element_type.union_types)
+    if isinstance(element_type, typehints.TypeConstraint):  # Dict[...], List[...], Tuple[...], ...
+        return True
+    if isinstance(element_type, type):
+        return element_type.__module__ in ("builtins", "collections") or element_type.__module__.startswith(
+            ("numpy", "pyarrow")
+        )
+    return False
+
+
 
 def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """Checks the configured fields against the input schema.
@@ -492,10 +571,20 @@ def _known_example_shape(spec: InferenceSpec, element_type: Any) -> Optional[tup
     return (len(spec.feature_fields),)
 
 
-def _check_model_exists(where: str, model: Model) -> None:
+def _check_model_exists(where: str, model: Model, policy: LoadPolicy) -> None:
     """Fails at construction for a model file that does not exist or is not a regular file (a
-    directory, a device, a FIFO): the workers load only regular files."""
+    directory, a device, a FIFO): the workers load only regular files. A local PyTorch file
+    must be of the kind the model names (a state_dict with model_class, TorchScript without)."""
     model_files.check_regular_file(model.uri, where)
+    if model.framework == "pytorch" and local_path(model.uri) is not None:
+        from inferbridge.frameworks import pytorch
+
+        try:
+            with model_files.open_model(model, model.uri, policy, where) as file:
+                kind = pytorch.archive_kind(file.file)
+        except (ValueError, OSError):  # refused when opened (a link out of the roots): the load says so
+            return
+        pytorch.check_file_kind(model, kind, where)
 
 
 __all__ = ["Inference", "InferenceResult", "FAILURE_ROW", "configure_load_policy", "output_row_type"]

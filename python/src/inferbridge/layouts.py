@@ -18,9 +18,10 @@ A value that cannot be the declared kind of inference fails its own row at stage
 
 from __future__ import annotations
 
+import numbers
 import pickle
 import typing
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -195,6 +196,12 @@ class RowLayout:
         shapes: dict[tuple, list[tuple[int, np.ndarray]]] = {}
         for i, row in enumerate(rows):
             try:
+                if _not_a_row(row):
+                    raise TypeError(
+                        f"the element is a {type(row).__name__}, not a schema'd Row with key_field "
+                        f"{spec.key_field!r} and feature_fields {list(spec.feature_fields)}; Inference "
+                        f"reads Rows: {ROWS_HINT}"
+                    )
                 key = getattr(row, spec.key_field)
                 if key is None:
                     raise ValueError(f"key_field {spec.key_field!r} is null")
@@ -251,6 +258,23 @@ class RowLayout:
             for name, column in zip(names, passthrough):
                 setattr(row, name, column[j])
             yield with_value(row) if micros is None else WindowedValue(row, Timestamp(micros=micros[j]), windows)
+
+
+# How to give the ``Inference`` composite Rows, for its errors about elements that are not.
+ROWS_HINT = (
+    "make Rows with beam.Map(lambda d: beam.Row(**d)) (from dicts), or use a typing.NamedTuple "
+    "registered with beam.coders.registry.register_coder(YourRow, beam.coders.RowCoder)"
+)
+
+
+def _not_a_row(element: Any) -> bool:
+    """Whether an element is surely no Row: a mapping, a plain tuple, a list, a string, a
+    number, a numpy array or an Arrow batch (fields are read as attributes of the others)."""
+    if element is None or isinstance(element, (Mapping, str, bytes, bytearray, list, set, frozenset, numbers.Number, np.ndarray)):
+        return True
+    if isinstance(element, tuple):
+        return not hasattr(element, "_fields")
+    return type(element).__module__.startswith("pyarrow")
 
 
 # The input contract's messages, the same on every layout and in the Java wrapper's PackBlocks.

@@ -10,7 +10,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Mapping
 
-from inferbridge import frameworks, model_files
+from inferbridge import frameworks, model_files, steps
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
@@ -25,6 +25,9 @@ def check_model(model: Model, where: str) -> str:
     """
     if not isinstance(model.uri, str) or not model.uri.strip():
         raise ValueError(f"{where}.uri must be a non-empty string, got {model.uri!r}")
+    _check_env_vars(model, where)
+    if model.beam_handler is not None:
+        return _check_provided(model, where)
     framework = frameworks.lookup(model.framework, where)
     if model.format not in framework.formats:
         raise ValueError(
@@ -45,6 +48,46 @@ def check_model(model: Model, where: str) -> str:
     if model.watch_pattern is not None:
         model_files.parse_watch_pattern(model.watch_pattern, where)
     return framework.outputs[model.output]
+
+
+def _check_env_vars(model: Model, where: str) -> None:
+    if not isinstance(model.env_vars, Mapping):
+        raise ValueError(f"{where}.env_vars={model.env_vars!r} must be a mapping of names to values")
+    for name, value in model.env_vars.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(
+                f"{where}.env_vars has the name {name!r}; allowed: letters, digits and '_', not "
+                "starting with a digit"
+            )
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"{where}.env_vars.{name}={value!r} must be a string (without NUL)")
+
+
+def _check_provided(model: Model, where: str) -> str:
+    """Checks a model given as a Beam ModelHandler instance (``Model.of``)."""
+    handler = model.beam_handler
+    for method in ("load_model", "run_inference", "update_model_path", "batch_elements_kwargs"):
+        if not callable(getattr(handler, method, None)):
+            raise ValueError(
+                f"{where}.beam_handler={type(handler).__name__} has no {method}(); allowed: Beam ModelHandlers"
+            )
+    outputs = {"vector": steps.VECTOR, "number": steps.NUMBER}
+    if model.output not in outputs:
+        raise ValueError(f"{where}.output={model.output!r} is not supported for a ModelHandler; allowed: vector, number")
+    for name, value in (("options", model.options), ("sha256", model.sha256), ("watch_pattern", model.watch_pattern)):
+        if value:
+            raise ValueError(
+                f"{where}.{name}={value!r} is not taken by a model given as a ModelHandler: the handler "
+                "loads its model itself; refresh it with model_updates (Beam's WatchFilePattern, say)"
+            )
+    for kind in ("preprocess", "postprocess"):
+        functions = getattr(handler, f"get_{kind}_fns", lambda: [])()
+        if functions:
+            raise ValueError(
+                f"{where}.beam_handler={type(handler).__name__} has {kind} functions (with_{kind}_fn); give them "
+                f"to the composite as {kind}=[Step.custom(fn)], where their failures are reported per row"
+            )
+    return outputs[model.output]
 
 
 def _check_json(value: Any, where: str) -> None:

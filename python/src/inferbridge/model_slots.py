@@ -3,8 +3,9 @@
 A ``ModelSlot`` is one configured model in one worker: its framework handler, the file it
 serves, refresh (an update, a newer match of its watch pattern) and the fallback to the last
 file that loaded when an update is broken. ``ResidentModels`` holds the loaded models of a
-worker, at most ``max_models_per_worker``. ``model_metadata`` turns model-update Rows into the
-side input that refreshes every slot.
+worker, at most ``max_models_per_worker``. ``model_metadata`` turns model updates (Rows, Beam's
+``ModelMetadata``, ``(model_id, ModelMetadata or uri)`` pairs) into the side input that refreshes
+every slot.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.transforms import trigger, window
 
 from inferbridge import models
+from inferbridge.beam_ml import ModelMetadata
 from inferbridge.policy import LoadPolicy, OutsideRoots
 from inferbridge.spec import InferenceSpec, Model
 
@@ -192,7 +193,10 @@ class _LatestModelPaths(beam.DoFn):
         _, (model_id, uri, ts) = keyed
         paths = dict(latest.read() or {})
         if model_id in paths and paths[model_id][0] > ts:
-            return  # an older update arriving late
+            # An older update arriving late. (A bare ``return``, with no comment on its line:
+            # Beam's ParDo reads this method's source and warns on a ``return`` it takes for a
+            # value in a generator.)
+            return
         paths[model_id] = (ts, uri)
         latest.write(paths)
         current = {m.id: paths.get(m.id, (0, m.uri))[1] for m in self._models}
@@ -200,11 +204,27 @@ class _LatestModelPaths(beam.DoFn):
 
 
 class _ToModelUpdate(beam.DoFn):
-    """A model-update Row (model_id, uri) -> (model_id, uri, event time); unknown ids are logged."""
+    """One model update -> (model_id, uri, event time); the updates it cannot apply are counted
+    and logged. The forms (see the README):
+
+    - a Row (or any object) with ``model_id`` and ``uri``;
+    - Beam's ``ModelMetadata`` (what ``WatchFilePattern`` emits): its ``model_id`` is the new
+      file; it replaces the composite's only model, or, among several, the model whose id is its
+      ``model_name`` (else it names no model and is rejected). An empty ``model_id`` is
+      ``WatchFilePattern``'s "no newer file" and is skipped, as Beam's RunInference skips it;
+    - a 2-tuple ``(model_id, ModelMetadata)`` or ``(model_id, uri)``.
+
+    Only the model id and the file are read here: the file is loaded, and checked against the
+    load policy and the model's sha256 pin, by the slot that serves it, as every update is.
+    """
 
     def __init__(self, spec: InferenceSpec) -> None:
         self._ids = {m.id for m in spec.models}
+        self._only = spec.models[0].id if len(spec.models) == 1 else None
         self._namespace = spec.metrics_namespace
+        # Names this composite's updates: every copy of the DoFn logs an ambiguous update once
+        # per worker process.
+        self._token = uuid.uuid4().hex
 
     def setup(self) -> None:
         self._rejected = Metrics.counter(self._namespace, "model_updates_rejected")
@@ -213,19 +233,70 @@ class _ToModelUpdate(beam.DoFn):
         self._rejected.inc(0)  # reported as 0 until it counts
 
     def process(self, update: Any, ts=beam.DoFn.TimestampParam) -> Iterable[tuple]:
-        model_id, uri = getattr(update, "model_id", None), getattr(update, "uri", None)
-        if model_id not in self._ids or not isinstance(uri, str) or not uri:
-            self._rejected.inc()
+        model_id, uri, problem = self._read(update)
+        if problem is None and uri is None:
+            return
+        if problem is None:
+            yield model_id, uri, float(ts)
+            return
+        self._rejected.inc()
+        if problem is _AMBIGUOUS:
+            with _ambiguous_lock:
+                if self._token in _ambiguous_logged:
+                    return
+                _ambiguous_logged.add(self._token)
             _LOGGER.error(
-                "Model update %r rejected: it needs a model_id among %s and a non-empty uri",
-                update, sorted(self._ids),
+                "Model update %r rejected: a bare ModelMetadata names no model of a composite with "
+                "several models %s (its model_name is none of their ids). Key it: "
+                "(model_id, ModelMetadata), e.g. WatchFilePattern(...) | beam.Map(lambda m: (%r, m)), "
+                "or set its model_name to a model_id. Further such updates are counted in "
+                "model_updates_rejected, not logged again.",
+                update, sorted(self._ids), sorted(self._ids)[0],
             )
             return
-        yield model_id, uri, float(ts)
+        _LOGGER.error("Model update %r rejected: %s", update, problem)
+
+    def _read(self, update: Any) -> tuple[Any, Optional[str], Any]:
+        """(model_id, uri, None) for an update to apply; (None, None, None) for one to skip;
+        (None, None, problem) for one to reject."""
+        known = f"a model_id among {sorted(self._ids)}"
+        if isinstance(update, ModelMetadata):  # before the 2-tuples: ModelMetadata is a NamedTuple
+            model_id = self._only if self._only is not None else update.model_name
+            if not update.model_id:
+                return None, None, None
+            if model_id not in self._ids:
+                return None, None, _AMBIGUOUS
+            return self._checked(model_id, update.model_id, "ModelMetadata.model_id")
+        if isinstance(update, tuple) and len(update) == 2:
+            model_id, value = update
+            if not isinstance(model_id, str) or model_id not in self._ids:
+                return None, None, f"a keyed update needs {known} as its first item"
+            if isinstance(value, ModelMetadata):
+                if not value.model_id:
+                    return None, None, None
+                return self._checked(model_id, value.model_id, "ModelMetadata.model_id")
+            return self._checked(model_id, value, "its second item (a ModelMetadata or a uri)")
+        model_id, uri = getattr(update, "model_id", None), getattr(update, "uri", None)
+        if model_id not in self._ids:
+            return None, None, f"it needs {known} and a non-empty uri (or a ModelMetadata, or a (model_id, uri) pair)"
+        return self._checked(model_id, uri, "uri")
+
+    @staticmethod
+    def _checked(model_id: str, uri: Any, what: str) -> tuple[Any, Optional[str], Any]:
+        if not isinstance(uri, str) or not uri:
+            return None, None, f"{what} must be a non-empty string (the new model file)"
+        return model_id, uri, None
+
+
+# A bare ModelMetadata that names no model of a composite with several: logged once per worker
+# process and composite (the tokens of the composites that logged it).
+_AMBIGUOUS = object()
+_ambiguous_logged: set[str] = set()
+_ambiguous_lock = threading.Lock()
 
 
 def model_metadata(spec: InferenceSpec, updates: Optional[beam.PCollection]) -> Optional[beam.PCollection]:
-    """The RunInference side input that swaps models, from model-update Rows: each update is one
+    """The RunInference side input that swaps models, from model updates: each update is one
     ModelMetadata whose model_id is the JSON object {model_id: uri} of all models. (Watch
     patterns are checked by the slots themselves, without a side input.)
     """

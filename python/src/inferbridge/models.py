@@ -18,9 +18,9 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from inferbridge import bounds, frameworks, model_checks, model_files, steps
+from inferbridge.beam_ml import ModelHandler, PredictionResult
 from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 
-def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> CheckedModelHandler:
+def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> CheckedModelHandler | ProvidedModelHandler:
     """The ModelHandler that serves ``model`` under ``policy``; it sets no batching.
 
     The policy is checked now (the model's path, its watch pattern's directory), so a refused
@@ -38,6 +38,8 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     fails here, naming its package.
     """
     kind = model_checks.check_model(model, where)
+    if model.beam_handler is not None:
+        return ProvidedModelHandler(model, kind, where)
     policy.check(model, model.uri, where)
     if model.sha256:
         with model_files.open_model(model, model.uri, policy, where):
@@ -87,6 +89,7 @@ class CheckedModelHandler(ModelHandler):
             return read(self._model, file)
 
     def load_model(self) -> Any:
+        os.environ.update(self._model.env_vars)
         with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:
             self._warn_if_cuda_missing()
             return self._framework.load(self._model, file, self._policy, self._where)
@@ -126,52 +129,15 @@ class CheckedModelHandler(ModelHandler):
         Shape ``(n,)`` for a number, ``(n, k)`` for a vector. No per-example objects are made:
         this is the block path's model call.
         """
-        output = self._model.output
         if self._framework.predict is not None:
             outputs = self._framework.predict(self._model, model, features, inference_args, self._where)
         else:  # Beam's handler, per example: its results, stacked
-            outputs = [r.inference for r in self._inner.run_inference(list(features), model, inference_args)]
-            outputs = [self._shaped(o) for o in outputs]
-        array = np.asarray(outputs)
-        count = len(features)
-        if array.ndim == 0 or len(array) != count:
-            raise ValueError(
-                f"{self._where}: the model gave {array.size if array.ndim == 0 else len(array)} "
-                f"results for {count} examples"
-            )
-        output_name = f"{self._where}.output={output!r}"
-        if self._kind == steps.NUMBER:
-            if array.size != count:
-                raise ValueError(
-                    f"{output_name} gives one number per example, but the model gave shape "
-                    f"{array.shape[1:]} per example; choose an output that gives a vector"
-                )
-            return array.reshape(count)
-        if array.ndim == 1:
-            raise ValueError(
-                f"{output_name} gives a vector per example, but the model gave one number; choose "
-                "an output that gives a number"
-            )
-        return array.reshape(count, -1)
+            results = self._inner.run_inference(list(features), model, inference_args)
+            outputs = [self._shaped(r.inference) for r in results]
+        return stacked(outputs, len(features), self._model, self._kind, self._where)
 
     def _shaped(self, value: Any) -> Any:
-        if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
-            value = value.detach().cpu()
-        array = np.asarray(value)
-        output = f"{self._where}.output={self._model.output!r}"
-        if self._kind == steps.NUMBER:
-            if array.size != 1:
-                raise ValueError(
-                    f"{output} gives one number per example, but the model gave {array.size} "
-                    f"values (shape {array.shape}); choose an output that gives a vector"
-                )
-            return array.reshape(())[()]
-        if array.ndim == 0:
-            raise ValueError(
-                f"{output} gives a vector per example, but the model gave one number; choose "
-                "an output that gives a number"
-            )
-        return array.reshape(-1)
+        return shaped(value, self._model, self._kind, self._where)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(np.asarray(example).nbytes for example in batch)
@@ -191,3 +157,105 @@ class CheckedModelHandler(ModelHandler):
             "%s.options.device='cuda', but CUDA is not available here%s; loading %s on the CPU",
             self._where, hint, self._uri,
         )
+
+
+class ProvidedModelHandler:
+    """A Beam ModelHandler the pipeline's author built (``Model.of``), as a model slot serves it.
+
+    The handler loads its model itself (the load policy governs only the files InferBridge
+    opens), takes updates through its ``update_model_path``, and gets each example as a 1-D
+    numpy array of the preprocessed features, at most its ``max_batch_size`` per call. Its
+    results are shaped as every model's are.
+    """
+
+    def __init__(self, model: Model, kind: str, where: str) -> None:
+        self._model, self._kind, self._where = model, kind, where
+        self._handler = model.beam_handler
+        self._uri = model.uri
+        self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def declared_example_shape(self) -> None:
+        return None
+
+    def newest_watched(self) -> None:
+        return None
+
+    def load_model(self) -> Any:
+        os.environ.update(self._model.env_vars)
+        self._handler.set_environment_vars()
+        return self._handler.load_model()
+
+    def update_model_path(self, model_path: Optional[str] = None) -> None:
+        if model_path:
+            self._uri = model_path
+            self._handler.update_model_path(model_path)
+
+    def predict_matrix(
+        self, features: np.ndarray, model: Any, inference_args: Optional[dict[str, Any]] = None
+    ) -> np.ndarray:
+        examples = list(features)
+        size = self._max_batch or len(examples) or 1
+        outputs = []
+        for start in range(0, len(examples), size):
+            batch = examples[start : start + size]
+            results = list(self._handler.run_inference(batch, model, inference_args))
+            if len(results) != len(batch):
+                raise ValueError(f"{self._where}: the model gave {len(results)} results for {len(batch)} examples")
+            # Beam's handlers give PredictionResults; others may give the inferences themselves.
+            outputs += [shaped(getattr(r, "inference", r), self._model, self._kind, self._where) for r in results]
+        return stacked(outputs, len(examples), self._model, self._kind, self._where)
+
+def shaped(value: Any, model: Model, kind: str, where: str) -> Any:
+    """One example's result as a numpy scalar (``number``) or a flat 1-D array (``vector``)."""
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
+        value = value.detach().cpu()
+    array = np.asarray(value)
+    output = f"{where}.output={model.output!r}"
+    if kind == steps.NUMBER:
+        if array.size != 1:
+            raise ValueError(
+                f"{output} gives one number per example, but the model gave {array.size} "
+                f"values (shape {array.shape}); {_choose(model, steps.VECTOR)}"
+            )
+        return array.reshape(())[()]
+    if array.ndim == 0:
+        raise ValueError(
+            f"{output} gives a vector per example, but the model gave one number; "
+            f"{_choose(model, steps.NUMBER)}"
+        )
+    return array.reshape(-1)
+
+
+def stacked(outputs: Any, count: int, model: Model, kind: str, where: str) -> np.ndarray:
+    """The outputs for ``count`` examples as one array: shape ``(count,)`` for a number,
+    ``(count, k)`` for a vector."""
+    array = np.asarray(outputs)
+    if array.ndim == 0 or len(array) != count:
+        raise ValueError(
+            f"{where}: the model gave {array.size if array.ndim == 0 else len(array)} "
+            f"results for {count} examples"
+        )
+    output_name = f"{where}.output={model.output!r}"
+    if kind == steps.NUMBER:
+        if array.size != count:
+            raise ValueError(
+                f"{output_name} gives one number per example, but the model gave shape "
+                f"{array.shape[1:]} per example; {_choose(model, steps.VECTOR)}"
+            )
+        return array.reshape(count)
+    if array.ndim == 1:
+        raise ValueError(
+            f"{output_name} gives a vector per example, but the model gave one number; "
+            f"{_choose(model, steps.NUMBER)}"
+        )
+    return array.reshape(count, -1)
+
+
+def _choose(model: Model, kind: str) -> str:
+    if model.beam_handler is not None:
+        return f"give the handler as Model.of(handler, output={kind!r})"
+    return f"choose an output that gives a {kind}"

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import re
 import typing
 from dataclasses import dataclass, field
@@ -183,9 +184,12 @@ class Model:
     onnx (onnx), or handler (an allowlisted Beam ModelHandler named by ``format``).
     ``output`` says what one example's result is: for sklearn the method (``predict`` gives a
     number, ``predict_proba`` a vector); for the others ``vector`` or ``number``.
-    ``keys``: the element keys this model serves (matched by their string form); a model with
+    ``keys``: the element keys this model serves (matched by their string form; integer keys
+    are kept as their decimal text, so ``keys=[1, 2]`` serves integer keys 1 and 2); a model with
     no keys serves every key no other model claims. ``sha256`` pins the file's digest.
     ``watch_pattern``: a file pattern whose newest match replaces the model (streaming).
+    ``env_vars``: environment variables set in the worker before the model loads.
+    ``beam_handler`` (Python pipelines only, see ``Model.of``): a Beam ModelHandler serving it.
     """
 
     uri: str
@@ -197,10 +201,14 @@ class Model:
     options: Mapping[str, Any] = field(default_factory=dict)
     sha256: Optional[str] = None
     watch_pattern: Optional[str] = None
+    env_vars: Mapping[str, str] = field(default_factory=dict)
+    beam_handler: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "keys", _key_texts(self.keys))
         object.__setattr__(self, "options", dict(self.options))
+        if isinstance(self.env_vars, Mapping):
+            object.__setattr__(self, "env_vars", dict(self.env_vars))
 
     def __hash__(self) -> int:
         return hash((self.uri, self.framework, self.format, self.output, self.model_id, self.keys))
@@ -236,12 +244,48 @@ class Model:
         """An allowlisted Beam ModelHandler by name, with its constructor's keyword arguments."""
         return cls(uri, "handler", name, output, options=dict(options or {}), **kwargs)
 
+    @classmethod
+    def of(cls, handler: Any, *, output: str = "vector", **kwargs: Any) -> "Model":
+        """A Beam ``ModelHandler`` you built, served by the composite (Python pipelines only).
+
+        The composite calls its ``load_model``, its ``run_inference`` with each example as a
+        1-D numpy array of the preprocessed features (at most its ``max_batch_size`` per call),
+        and its ``update_model_path`` for model updates. ``output``: ``vector`` or ``number``.
+        The model id defaults to the handler's class name.
+        """
+        if hasattr(handler, "_single_model"):  # a KeyedModelHandler: the composite routes keys
+            if not handler._single_model:
+                raise ValueError(
+                    f"Model.of takes one model, and this KeyedModelHandler holds "
+                    f"{len(handler._id_to_mh_map)}; give them as Model.keyed(handler, output=...)"
+                )
+            handler = handler._unkeyed
+        return cls(type(handler).__name__, "beam", "instance", output, beam_handler=handler, **kwargs)
+
+    @classmethod
+    def keyed(cls, handler: Any, *, output: str = "vector") -> tuple["Model", ...]:
+        """The models of a Beam ``KeyedModelHandler``, or of a list of ``KeyModelMapping``s (which,
+        unlike a KeyedModelHandler, logs no warning about the handlers' batch sizes: the
+        composite applies each one's): one model per mapping, serving its keys (as strings), its
+        model id the mapping's first key; or one model serving every key."""
+        if isinstance(handler, (list, tuple)):
+            return tuple(
+                Model.of(m.mh, output=output, model_id=str(m.keys[0]), keys=[str(k) for k in m.keys])
+                for m in handler
+            )
+        return _handler_models(handler, output)
+
     @property
     def id(self) -> str:
         """The ``model_id`` reported with every inference: the given id, else the URI."""
         return self.model_id or self.uri
 
     def to_config(self) -> ModelConfig:
+        if self.python_only:
+            raise ValueError(
+                f"model {self.id!r} has a Python ModelHandler or env_vars, which only Python "
+                "pipelines can run; it has no cross-language form"
+            )
         return ModelConfig(
             model_id=self.model_id,
             framework=self.framework,
@@ -253,6 +297,10 @@ class Model:
             sha256=self.sha256,
             watch_pattern=self.watch_pattern,
         )
+
+    @property
+    def python_only(self) -> bool:
+        return self.beam_handler is not None or bool(self.env_vars)
 
     @classmethod
     def from_config(cls, where: str, config: Any) -> "Model":
@@ -363,7 +411,48 @@ def _check_finite(name: str, value: Any) -> None:
 
 
 def _as_models(value: Any) -> tuple["Model", ...]:
-    return (value,) if isinstance(value, Model) else tuple(value)
+    """Models given as a Model, a Beam ModelHandler (a KeyedModelHandler gives one model per
+    key mapping) or a sequence of them."""
+    if isinstance(value, Model):
+        return (value,)
+    if _is_model_handler(value):
+        return _handler_models(value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, typing.Iterable):
+        raise ValueError(
+            f"models={shorten(value)} is not a model; allowed: a Model (Model.sklearn(path), "
+            "Model.pytorch(...), Model.onnx(...), Model.handler(...)), a Beam ModelHandler, or a "
+            "list of them"
+        )
+    models: list[Model] = []
+    for i, item in enumerate(value):
+        if isinstance(item, Model):
+            models.append(item)
+        elif _is_model_handler(item):
+            models += _handler_models(item)
+        else:
+            raise ValueError(
+                f"models[{i}]={shorten(item)} is not a model; allowed: a Model or a Beam ModelHandler"
+            )
+    return tuple(models)
+
+
+def _is_model_handler(value: Any) -> bool:
+    # Duck-typed: this module imports no Beam.
+    return callable(getattr(value, "load_model", None)) and callable(getattr(value, "run_inference", None))
+
+
+def _handler_models(handler: Any, output: str = "vector") -> tuple["Model", ...]:
+    """The models a Beam handler stands for: itself, or each model of a KeyedModelHandler, with
+    the keys of its KeyModelMapping (as strings) and the first key as its model id."""
+    if getattr(handler, "_single_model", True):  # one model, keyed or not
+        return (Model.of(handler, output=output),)
+    keys: dict[str, list[str]] = {}
+    for key, model_id in handler._key_to_id_map.items():
+        keys.setdefault(model_id, []).append(str(key))
+    return tuple(
+        Model.of(inner, output=output, model_id=str(model_id), keys=keys.get(model_id, ()))
+        for model_id, inner in handler._id_to_mh_map.items()
+    )
 
 
 def _models_from_wire(name: str, value: Any) -> tuple["Model", ...]:
@@ -488,7 +577,10 @@ class InferenceSpec:
                 defaults.append(i)
             for key in model.keys:
                 if not isinstance(key, str) or not key:
-                    raise ValueError(f"{where}.keys holds {key!r}; keys must be non-empty strings")
+                    raise ValueError(
+                        f"{where}.keys holds {shorten(key)}; allowed: non-empty strings, or integers "
+                        "(kept as their decimal text, which is how integer key fields are routed)"
+                    )
                 if key in owner:
                     raise ValueError(
                         f"key {key!r} is mapped to models[{owner[key]}] and {where}; "
@@ -522,9 +614,12 @@ class InferenceSpec:
         return kind
 
     @property
-    def has_callables(self) -> bool:
-        """Whether a step is a Python function, which only Python pipelines can run."""
-        return any(s.function is not None for s in self.preprocess + self.postprocess)
+    def python_only(self) -> bool:
+        """Whether a step is a Python function, or a model a Python handler or env_vars, which
+        only Python pipelines can run."""
+        return any(s.function is not None for s in self.preprocess + self.postprocess) or any(
+            m.python_only for m in self.models
+        )
 
     @property
     def default_model(self) -> Optional[Model]:
@@ -643,3 +738,26 @@ def _check_model_strings(where: str, model: Any) -> None:
     bounds.check_length(f"{where}.sha256", model.sha256, bounds.MAX_SHA256_CHARS)
     for i, key in enumerate(model.keys or ()):
         bounds.check_length(f"{where}.keys[{i}]", key, bounds.MAX_ID_CHARS)
+
+
+# Bits of the largest integer key whose decimal text fits MAX_ID_CHARS (with a sign).
+_MAX_KEY_BITS = int((bounds.MAX_ID_CHARS - 1) * math.log2(10))
+
+
+def _key_texts(keys: Any) -> tuple[Any, ...]:
+    """A model's keys, integers (not bools) as their decimal text: rows are routed by the text of
+    their key, so ``keys=[1, 2]`` serves the rows of an integer key field whose key is 1 or 2.
+    Other values are kept as given, for the spec's checks to name."""
+    if isinstance(keys, (str, bytes)):
+        raise ValueError(f"keys={shorten(keys)} is one string; allowed: a list of keys, e.g. keys=[{keys!r}]")
+    texts = []
+    for i, key in enumerate(tuple(keys)):
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+            if int(key).bit_length() > _MAX_KEY_BITS:
+                raise ValueError(
+                    f"keys[{i}] is an integer of {int(key).bit_length()} bits; allowed: keys of at most "
+                    f"{bounds.MAX_ID_CHARS} characters"
+                )
+            key = str(int(key))
+        texts.append(key)
+    return tuple(texts)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
+import zipfile
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from inferbridge.bounds import shorten
 from inferbridge.frameworks.base import (
     DEVICE,
     VECTOR_OR_NUMBER,
@@ -78,6 +80,45 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
         inference_fn=_inference,
         load_model_args={"weights_only": True},
     )
+
+
+def archive_kind(file: Any) -> Optional[str]:
+    """What a PyTorch file holds, from its zip entries, without torch: "torchscript" (a
+    ``code/`` folder under the archive's top folder), "state_dict" (``torch.save``: a
+    ``data.pkl`` and no code), or None (not a zip archive, or neither)."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    parts = [name.split("/", 2) for name in names]
+    if any(len(p) > 2 and p[1] == "code" for p in parts):
+        return "torchscript"
+    if any(len(p) == 2 and p[1] == "data.pkl" for p in parts):
+        return "state_dict"
+    return None
+
+
+def check_file_kind(model: Model, kind: Optional[str], where: str) -> None:
+    """Raises ValueError when the model's file (of ``archive_kind`` ``kind``) is a TorchScript
+    archive but the model names a ``model_class`` (a state_dict), or a ``torch.save`` file but it
+    names none (TorchScript). A file of neither kind is left to the load. Called when the
+    pipeline is built (the ``Inference`` composite's expand), the file opened under the policy."""
+    uri = model.uri
+    if kind == "state_dict" and model.format == "torchscript":
+        raise ValueError(
+            f"{where}.uri={shorten(uri)} is a torch.save file (a state_dict), not TorchScript, and no "
+            "model_class is given; allowed: a state_dict with model_class='package.module:Class' "
+            "(Model.pytorch(uri, model_class=..., model_params=...)), or a TorchScript file "
+            "saved with torch.jit.save(torch.jit.script(net), path) without model_class"
+        )
+    if kind == "torchscript" and model.format == "state_dict":
+        raise ValueError(
+            f"{where}.uri={shorten(uri)} is a TorchScript archive, not a state_dict, but "
+            f"{where}.options.model_class={shorten(model.options.get('model_class'))} is given; "
+            "allowed: a TorchScript file without model_class (Model.pytorch(uri)), or a state_dict "
+            "saved with torch.save(net.state_dict(), path) with model_class"
+        )
 
 
 def _import_model_class(path: str, policy: LoadPolicy, where: str) -> type:

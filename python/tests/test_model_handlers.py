@@ -1,0 +1,187 @@
+"""Models given as Beam ModelHandlers the pipeline's author built, and env_vars on any model.
+
+Each test runs a real DirectRunner pipeline with tiny scikit-learn models trained in the test.
+"""
+
+import os
+import pickle
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler, PredictionResult
+from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
+from apache_beam.testing.util import assert_that, equal_to
+from sklearn.linear_model import LinearRegression
+
+from inferbridge import Inference, Model, Step
+from test_inference_streaming import refresh_stream, streaming_pipeline, versions  # noqa: F401
+
+
+class WeightedSum(ModelHandler):
+    """A handler of its own: its model is a weight read from a file (and an env var, if set);
+    it logs the size of every batch it gets to ``log``."""
+
+    def __init__(self, path, log, max_batch_size=None, env_vars=None):
+        super().__init__(env_vars=env_vars or {})
+        self._path, self._log, self._max = path, log, max_batch_size
+
+    def load_model(self):
+        with open(self._path) as f:
+            return float(f.read()) * float(os.environ.get("INFERBRIDGE_TEST_BONUS", "1"))
+
+    def update_model_path(self, model_path=None):
+        self._path = model_path or self._path
+
+    def batch_elements_kwargs(self):
+        return {"max_batch_size": self._max} if self._max else {}
+
+    def run_inference(self, batch, model, inference_args=None):
+        with open(self._log, "a") as f:
+            f.write(f"{len(batch)}\n")
+        return [PredictionResult(x, float(np.sum(x)) * model) for x in batch]
+
+
+def _inverse_excess(value):
+    if value == 20:  # the row (0, 1): 2 * 10 * (0 + 1)
+        raise ZeroDivisionError("no inverse at 20")
+    return 1 / (value - 20)
+
+
+def _rows(n):
+    return [beam.Row(id=i, f=[float(i), 1.0]) for i in range(n)]
+
+
+@pytest.fixture
+def weight(tmp_path):
+    path = tmp_path / "weight.txt"
+    path.write_text("2")
+    return str(path)
+
+
+def test_a_handler_of_its_own_serves_rows_with_steps_failures_and_its_batch_bound(weight, tmp_path):
+    log = str(tmp_path / "batches.log")
+    rows = _rows(10) + [beam.Row(id=99, f=[None, 1.0])]
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | Inference(
+            Model.of(WeightedSum(weight, log, max_batch_size=3), output="number", model_id="sum"),
+            key_field="id",
+            feature_fields="f",
+            preprocess=[Step("scale", factor=10)],
+            postprocess=[Step.custom(_inverse_excess, produces="number")],
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, round(r.inference, 6), r.model_id)),
+            equal_to([(i, round(1 / (2 * 10 * (i + 1) - 20), 6), "sum") for i in range(10) if i != 0]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda r: (r.key, r.stage)),
+            equal_to([("0", "postprocess"), ("99", "input")]),
+            label="Failures",
+        )
+    batches = [int(line) for line in open(log)]
+    assert sum(batches) >= 10 and max(batches) <= 3, batches
+
+
+def test_env_vars_are_set_before_the_model_loads(weight, tmp_path):
+    log = str(tmp_path / "batches.log")
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(3)) | Inference(
+            Model.of(WeightedSum(weight, log), output="number", env_vars={"INFERBRIDGE_TEST_BONUS": "5"}),
+            key_field="id",
+            feature_fields="f",
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference, r.model_id)),
+            equal_to([(i, 2 * 5 * (i + 1.0), "WeightedSum") for i in range(3)]),
+        )
+
+
+def test_beams_own_handlers_keyed_or_not_serve_the_composite(tmp_path):
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
+    paths = {}
+    for name, coef in (("double", 2.0), ("negate", -1.0)):
+        paths[name] = str(tmp_path / f"{name}.pkl")
+        with open(paths[name], "wb") as f:
+            pickle.dump(LinearRegression().fit(x, coef * x.sum(axis=1)), f)
+    keyed = KeyedModelHandler(
+        [
+            KeyModelMapping(["a", "b"], SklearnModelHandlerNumpy(paths["double"])),
+            KeyModelMapping(["c"], SklearnModelHandlerNumpy(paths["negate"])),
+        ]
+    )
+    rows = [beam.Row(group=g, f=[1.0, 2.0]) for g in ("a", "b", "c", "z")]
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | Inference(Model.keyed(keyed, output="number"), key_field="group", feature_fields="f")
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, round(r.inference, 6), r.model_id)),
+            equal_to([("a", 6.0, "a"), ("b", 6.0, "a"), ("c", -3.0, "c")]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda r: (r.key, r.stage, r.error_type)),
+            equal_to([("z", "routing", "UnmappedKey")]),
+            label="Failures",
+        )
+
+
+def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_out):
+    v1, paths, _ = versions
+    pixels, _ = held_out
+    with streaming_pipeline() as p:
+        streams = p | refresh_stream(pixels, paths["v2"])
+        result = streams["rows"] | Inference(
+            Model.of(SklearnModelHandlerNumpy(paths["v1"]), output="number", model_id="digits"),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            model_updates=streams["updates"],
+        )
+        # v1 would predict these digits; the update (always 7) serves every row instead.
+        assert sorted(set(v1.predict(pixels[:15] / 16))) != [7]
+        assert_that(
+            result.inferences | beam.Map(lambda r: (int(r.key), r.inference, r.model_id)),
+            equal_to([(i, 7.0, "digits") for i in list(range(5)) + list(range(10, 15))]),
+        )
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        ("/models/digits.pkl", "models='/models/digits.pkl' is not a model; allowed: a Model (Model.sklearn(path)"),
+        ([object()], "models[0]=<object object at"),
+        (
+            Model.of(SklearnModelHandlerNumpy("/m.pkl").with_postprocess_fn(abs)),
+            "has postprocess functions (with_postprocess_fn); give them to the composite as postprocess=[Step.custom(fn)]",
+        ),
+        (Model.of(SklearnModelHandlerNumpy("/m.pkl"), sha256="0" * 64), "models[0].sha256='000"),
+        (Model.of(SklearnModelHandlerNumpy("/m.pkl"), output="predict"), "allowed: vector, number"),
+        (Model.sklearn("/m.pkl", env_vars={"A=B": "1"}), "models[0].env_vars has the name 'A=B'"),
+    ],
+)
+def test_models_given_wrongly_fail_at_construction_naming_what_is_allowed(models, message):
+    with pytest.raises(ValueError) as raised:
+        Inference(models, key_field="id", feature_fields="f")
+    assert message in str(raised.value)
+
+
+def test_a_keyed_handler_of_several_models_is_given_with_model_keyed():
+    keyed = KeyedModelHandler([KeyModelMapping(["a"], SklearnModelHandlerNumpy("/a.pkl")), KeyModelMapping(["b"], SklearnModelHandlerNumpy("/b.pkl"))])
+    with pytest.raises(ValueError, match=r"this KeyedModelHandler holds 2; give them as Model.keyed\(handler"):
+        Model.of(keyed)
+    assert [(m.model_id, m.keys) for m in Model.keyed(keyed)] == [("a", ("a",)), ("b", ("b",))]
+    mappings = [KeyModelMapping(["a", 2], SklearnModelHandlerNumpy("/a.pkl")), KeyModelMapping(["b"], SklearnModelHandlerNumpy("/b.pkl"))]
+    assert [(m.model_id, m.keys, m.output) for m in Model.keyed(mappings, output="number")] == [
+        ("a", ("a", "2"), "number"),
+        ("b", ("b",), "number"),
+    ]
+
+
+def test_python_only_models_keep_to_python_pipelines(weight, tmp_path):
+    handler_model = Inference(Model.of(WeightedSum(weight, str(tmp_path / "log"))), key_field="id", feature_fields="f")
+    env_model = Inference(Model.sklearn("/m.pkl", env_vars={"OMP_NUM_THREADS": "1"}), key_field="id", feature_fields="f")
+    for transform in (handler_model, env_model):
+        assert transform.spec.python_only
+        urn, _ = transform.to_runner_api_parameter(None)
+        assert urn != transform.urn  # Beam's pickled form, for Python runners
+        with pytest.raises(ValueError, match="only Python pipelines can run; it has no cross-language form"):
+            transform.spec.to_config()
