@@ -14,7 +14,7 @@ from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
 from apache_beam.testing.util import assert_that, equal_to
 from sklearn.linear_model import LinearRegression
 
-from inferbridge import Inference, Model, Step
+from inferbridge import Inference, InferenceSpec, Model, Step
 from test_inference_streaming import refresh_stream, streaming_pipeline, versions  # noqa: F401
 
 
@@ -185,3 +185,84 @@ def test_python_only_models_keep_to_python_pipelines(weight, tmp_path):
         assert urn != transform.urn  # Beam's pickled form, for Python runners
         with pytest.raises(ValueError, match="only Python pipelines can run; it has no cross-language form"):
             transform.spec.to_config()
+
+
+# -- handlers registered by installed packages (the inferbridge.model_handlers entry points) --
+
+WEIGHTED = '''
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+
+class Weighted(ModelHandler):
+    def __init__(self, uri, bonus):
+        super().__init__()
+        self._uri, self._bonus = uri, bonus
+
+    def load_model(self):
+        with open(self._uri) as f:
+            return float(f.read()) + self._bonus
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(x, float(np.sum(x)) * model) for x in batch]
+
+
+def weighted(uri, *, bonus=0.0):
+    return Weighted(uri, bonus)
+'''
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    """A distribution registering ``weighted`` (and a broken entry point), on a fresh sys.path entry."""
+    from inferbridge.frameworks import registered
+
+    root = tmp_path / "site"
+    info = root / "ib_test_handlers-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ib-test-handlers\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{registered.ENTRY_POINT_GROUP}]\nweighted = ib_test_handlers:weighted\nbroken = ib_test_handlers:missing\n"
+    )
+    (root / "ib_test_handlers.py").write_text(WEIGHTED)
+    monkeypatch.syspath_prepend(str(root))
+    registered._registered.cache_clear()
+    yield
+    registered._registered.cache_clear()
+
+
+def test_a_registered_handler_serves_the_model_with_its_arguments(registered, weight):
+    model = Model.registered("weighted", weight, output="number", arguments={"bonus": 1.0}, model_id="w")
+    spec = Inference(model, key_field="id", feature_fields="f").spec
+    assert not spec.python_only and InferenceSpec.from_config(spec.to_config()) == spec  # it travels
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(3)) | Inference(model, key_field="id", feature_fields="f")
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference, r.model_id)),
+            equal_to([(i, 3 * (i + 1.0), "w") for i in range(3)]),
+        )
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            Model.registered("weighted", "/w", arguments={"bonnus": 1}),
+            "models[0].options={'bonnus': 1} do not fit the registered handler 'weighted' (entry point 'weighted = "
+            "ib_test_handlers:weighted' of distribution 'ib-test-handlers'): got an unexpected keyword argument "
+            "'bonnus'; it takes weighted(uri, *, bonus=0.0)",
+        ),
+        (
+            Model.registered("sentiment", "/w"),
+            "models[0].format='sentiment' is not a registered model handler; registered: weighted (the "
+            "'inferbridge.model_handlers' entry points of the installed packages); entry points that cannot be "
+            "used: 'broken'",
+        ),
+        (Model.registered("broken", "/w"), "models[0].format='broken' cannot be used: entry point 'broken = "),
+        (Model.registered("weighted", "/w", sha256="0" * 64), "models[0].sha256='000"),
+    ],
+)
+def test_registered_handlers_are_checked_when_the_spec_is_built(registered, model, message):
+    with pytest.raises(ValueError) as raised:
+        Inference(model, key_field="id", feature_fields="f")
+    assert message in str(raised.value)

@@ -162,3 +162,44 @@ def test_packed_blocks_isolate_a_bad_row(java_classpath, digits_dir, services, t
     assert json.loads(lines[0]["element"])["pixels"] == [float(v) for v in first[2:12]]
     assert "failures=1" in result.stdout.splitlines()
     assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]
+
+
+DIGITS_PROBA = '''
+import numpy as np
+from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
+
+
+def _probabilities(model, batch, inference_args=None):
+    return model.predict_proba(np.stack(batch))
+
+
+def digits_proba(uri):
+    return SklearnModelHandlerNumpy(uri, inference_fn=_probabilities)
+'''
+
+
+def test_a_handler_registered_by_the_services_packages_is_named_from_java(java_classpath, digits_dir, tmp_path):
+    from inferbridge.local_services import local_services
+
+    package = tmp_path / "handlers"
+    info = package / "ib_digits_handlers-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ib-digits-handlers\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[inferbridge.model_handlers]\ndigits_proba = ib_digits_handlers:digits_proba\n")
+    (package / "ib_digits_handlers.py").write_text(DIGITS_PROBA)
+    predictions = tmp_path / "predictions.csv"
+    # No trusted model root: the registered handler loads the pickle itself.
+    with local_services(service_args=[f"--python-path={package}"]) as env:
+        result = run_java(
+            java_classpath, env, f"--modelDir={digits_dir}", "--registeredHandler=digits_proba",
+            f"--predictionsFile={predictions}",
+        )
+        unknown = run_java(java_classpath, env, f"--modelDir={digits_dir}", "--registeredHandler=sentiment")
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        model = pickle.load(f)
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+    assert unknown.returncode != 0
+    assert (
+        "models[0].format='sentiment' is not a registered model handler; registered: digits_proba" in unknown.stderr
+    ), unknown.stderr[-4000:]

@@ -29,7 +29,7 @@ def check_model(model: Model, where: str) -> str:
     if model.beam_handler is not None:
         return _check_provided(model, where)
     framework = frameworks.lookup(model.framework, where)
-    if model.format not in framework.formats:
+    if framework.formats and model.format not in framework.formats:  # else the framework's check names them
         raise ValueError(
             f"{where}.format={model.format!r} is not supported for framework {framework.name!r}; "
             f"allowed: {', '.join(framework.formats)}"
@@ -44,6 +44,8 @@ def check_model(model: Model, where: str) -> str:
     for name, value in model.options.items():
         _check_json(value, f"{where}.options.{name}")
     framework.check(model, where)
+    if framework is frameworks.REGISTRY["registered"]:
+        _refuse_file_fields(model, where)
     _check_pin(model, where)
     if model.watch_pattern is not None:
         model_files.parse_watch_pattern(model.watch_pattern, where)
@@ -74,12 +76,9 @@ def _check_provided(model: Model, where: str) -> str:
     outputs = {"vector": steps.VECTOR, "number": steps.NUMBER}
     if model.output not in outputs:
         raise ValueError(f"{where}.output={model.output!r} is not supported for a ModelHandler; allowed: vector, number")
-    for name, value in (("options", model.options), ("sha256", model.sha256), ("watch_pattern", model.watch_pattern)):
-        if value:
-            raise ValueError(
-                f"{where}.{name}={value!r} is not taken by a model given as a ModelHandler: the handler "
-                "loads its model itself; refresh it with model_updates (Beam's WatchFilePattern, say)"
-            )
+    if model.options:
+        raise ValueError(f"{where}.options={model.options!r} is not taken by a model given as a ModelHandler")
+    _refuse_file_fields(model, where)
     for kind in ("preprocess", "postprocess"):
         functions = getattr(handler, f"get_{kind}_fns", lambda: [])()
         if functions:
@@ -88,6 +87,16 @@ def _check_provided(model: Model, where: str) -> str:
                 f"to the composite as {kind}=[Step.custom(fn)], where their failures are reported per row"
             )
     return outputs[model.output]
+
+
+def _refuse_file_fields(model: Model, where: str) -> None:
+    """A handler that loads its model itself has no file for InferBridge to pin or watch."""
+    for name, value in (("sha256", model.sha256), ("watch_pattern", model.watch_pattern)):
+        if value:
+            raise ValueError(
+                f"{where}.{name}={value!r} is not taken by a model whose handler loads it itself; "
+                "refresh it with model_updates (Beam's WatchFilePattern, say)"
+            )
 
 
 def _check_json(value: Any, where: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from inferbridge import bounds, frameworks, model_checks, model_files, steps
 from inferbridge.beam_ml import ModelHandler, PredictionResult
+from inferbridge.frameworks import registered
 from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     """
     kind = model_checks.check_model(model, where)
     if model.beam_handler is not None:
-        return ProvidedModelHandler(model, kind, where)
+        return ProvidedModelHandler(model, kind, where, model.beam_handler)
+    if model.framework == registered.FRAMEWORK.name:
+        return ProvidedModelHandler(model, kind, where, registered.handler(model, where))
     policy.check(model, model.uri, where)
     if model.sha256:
         with model_files.open_model(model, model.uri, policy, where):
@@ -160,7 +163,8 @@ class CheckedModelHandler(ModelHandler):
 
 
 class ProvidedModelHandler:
-    """A Beam ModelHandler the pipeline's author built (``Model.of``), as a model slot serves it.
+    """A Beam ModelHandler the pipeline's author built (``Model.of``) or an installed package
+    registered (``Model.registered``), as a model slot serves it.
 
     The handler loads its model itself (the load policy governs only the files InferBridge
     opens), takes updates through its ``update_model_path``, and gets each example as a 1-D
@@ -168,9 +172,9 @@ class ProvidedModelHandler:
     results are shaped as every model's are.
     """
 
-    def __init__(self, model: Model, kind: str, where: str) -> None:
+    def __init__(self, model: Model, kind: str, where: str, handler: ModelHandler) -> None:
         self._model, self._kind, self._where = model, kind, where
-        self._handler = model.beam_handler
+        self._handler = handler
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
 

@@ -245,6 +245,14 @@ class Model:
         return cls(uri, "handler", name, output, options=dict(options or {}), **kwargs)
 
     @classmethod
+    def registered(
+        cls, name: str, uri: str, *, output: str = "vector", arguments: Optional[Mapping[str, Any]] = None, **kwargs: Any
+    ) -> "Model":
+        """The handler an installed package registered as ``name`` (see
+        ``inferbridge.frameworks.registered``), built with ``uri`` and ``arguments`` (JSON values)."""
+        return cls(uri, "registered", name, output, options=dict(arguments or {}), **kwargs)
+
+    @classmethod
     def of(cls, handler: Any, *, output: str = "vector", **kwargs: Any) -> "Model":
         """A Beam ``ModelHandler`` you built, served by the composite (Python pipelines only).
 

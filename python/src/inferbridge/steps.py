@@ -633,7 +633,7 @@ _BUILTINS: dict[str, StepDefinition] = {
 }
 
 
-def _entry_point_origin(entry_point: metadata.EntryPoint) -> str:
+def entry_point_origin(entry_point: metadata.EntryPoint) -> str:
     dist = getattr(entry_point, "dist", None)
     of = f" of distribution {dist.name!r}" if dist is not None else ""
     return f"entry point '{entry_point.name} = {entry_point.value}'{of}"
@@ -658,7 +658,7 @@ def _user_steps() -> tuple[dict[str, StepDefinition], dict[str, str]]:
     found: dict[str, StepDefinition] = {}
     problems: dict[str, str] = {}
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        origin = _entry_point_origin(entry_point)
+        origin = entry_point_origin(entry_point)
         try:
             definitions = _definitions(entry_point.load())
         except Exception as e:  # a broken package must only break the lookup of its own name

@@ -4,7 +4,6 @@ import java.util.Arrays;
 import java.util.Collections;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeMap;
 
 /**
  * A model served by one of the Beam Python ModelHandlers that InferBridge allows, named by
@@ -60,13 +59,7 @@ public final class BeamHandlerModel extends Model {
    * earlier value of the same argument.
    */
   public BeamHandlerModel withArgument(String name, Object value) {
-    if (name == null || name.trim().isEmpty()) {
-      throw new IllegalArgumentException(
-          "BeamHandlerModel.withArgument(): name must be a non-empty string, got " + quote(name));
-    }
-    Map<String, Object> updated = new TreeMap<>(arguments);
-    updated.put(name, Json.value("BeamHandlerModel.withArgument(\"" + name + "\")", value));
-    return new BeamHandlerModel(getFormat(), settings(), Collections.unmodifiableMap(updated));
+    return new BeamHandlerModel(getFormat(), settings(), withEntry(method("withArgument"), arguments, name, value));
   }
 
   /** {@link ModelOutput#VECTOR} (default) or {@link ModelOutput#NUMBER}. */

@@ -9,6 +9,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.regex.Pattern;
 
 /**
@@ -199,12 +200,12 @@ public abstract class Model implements Serializable {
     }
   }
 
-  /** The framework's name in the inference spec: sklearn, pytorch, onnx or handler. */
+  /** The framework's name in the inference spec: sklearn, pytorch, onnx, handler or registered. */
   public String getFramework() {
     return framework;
   }
 
-  /** The file format (or, for a Beam handler model, the handler's name). */
+  /** The file format (or, for a Beam handler or registered model, the handler's name). */
   public String getFormat() {
     return format;
   }
@@ -260,6 +261,19 @@ public abstract class Model implements Serializable {
 
   /** The framework as people name it, for error messages. */
   abstract String frameworkName();
+
+  /**
+   * {@code arguments} with {@code name} set to {@code value}, a JSON value (a string, number,
+   * boolean, null, or a list or map of them); {@code method} names the caller in errors.
+   */
+  static Map<String, Object> withEntry(String method, Map<String, Object> arguments, String name, Object value) {
+    if (name == null || name.trim().isEmpty()) {
+      throw new IllegalArgumentException(method + ": name must be a non-empty string, got " + quote(name));
+    }
+    Map<String, Object> updated = new TreeMap<>(arguments);
+    updated.put(name, Json.value(method.replace("()", "(\"" + name + "\")"), value));
+    return Collections.unmodifiableMap(updated);
+  }
 
   static String quote(String value) {
     return value == null ? "null" : "\"" + value + "\"";

@@ -82,6 +82,15 @@ public class ModelCatalogTest {
         new TreeMap<>(castOutputs(framework("handler").get("outputs"))), outputs(models.get(0)));
   }
 
+  @Test
+  public void registeredModelsMatchTheCatalog() throws Exception {
+    // Formats are the names packages register, found by the service; none are listed.
+    assertEquals(java.util.Collections.emptyList(), framework("registered").get("formats"));
+    Model model = RegisteredModel.of("sentiment", "/m").withArgument("timeout_secs", 3);
+    assertEquals("registered", model.getFramework());
+    assertEquals(new TreeMap<>(castOutputs(framework("registered").get("outputs"))), outputs(model));
+  }
+
   @SuppressWarnings("unchecked")
   private static Map<String, String> castOutputs(Object outputs) {
     return (Map<String, String>) outputs;

@@ -5,6 +5,7 @@ import dev.inferbridge.InferenceResult;
 import dev.inferbridge.LocalRun;
 import dev.inferbridge.Model;
 import dev.inferbridge.ModelOutput;
+import dev.inferbridge.RegisteredModel;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import java.io.IOException;
@@ -78,6 +79,13 @@ public final class DigitsClassification {
 
     void setModelFormat(String value);
 
+    @Description(
+        "If set, the handler registered under this name by a package installed with the service "
+            + "(RegisteredModel) serves digits.pkl, giving a vector of class probabilities")
+    String getRegisteredHandler();
+
+    void setRegisteredHandler(String value);
+
     @Description("If set, the model file's SHA-256 digest (SklearnModel.withSha256): another file is refused")
     String getModelSha256();
 
@@ -125,7 +133,10 @@ public final class DigitsClassification {
     Pipeline pipeline = Pipeline.create(options);
     PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(ExampleIo.DIGIT_SCHEMA));
 
-    Model model = model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
+    Model model =
+        options.getRegisteredHandler() != null
+            ? RegisteredModel.of(options.getRegisteredHandler(), modelDir.resolve("digits.pkl").toString())
+            : model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
     if (options.getModelSha256() != null) {
       model = model.withSha256(options.getModelSha256());
     }

@@ -1,0 +1,118 @@
+"""Model handlers that installed Python packages register under the ``inferbridge.model_handlers``
+entry-point group, named from any language (``Model.registered`` in Python, ``RegisteredModel``
+in Java) with the model's uri and JSON arguments.
+
+Each entry point loads to a callable ``factory(uri, **arguments)`` that returns a Beam
+``ModelHandler``: a handler class whose first parameter is the uri, or a function::
+
+    # my_package/handlers.py
+    def sentiment(uri, *, timeout_secs=30.0):
+        return MyEndpointHandler(endpoint=uri, timeout_secs=timeout_secs)
+
+    # pyproject.toml of my_package
+    [project.entry-points."inferbridge.model_handlers"]
+    sentiment = "my_package.handlers:sentiment"
+
+The arguments are checked against the factory's signature when the pipeline is built, and the
+factory runs then too. The handler is the operator's code: it gets the uri as the pipeline gives
+it and loads (or calls) what that names itself, so the load policy, which governs the files
+InferBridge opens, does not apply to it, and it takes no ``sha256`` or ``watch_pattern``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Callable
+
+from inferbridge import steps
+from inferbridge.frameworks.base import VECTOR_OR_NUMBER, Framework
+
+if TYPE_CHECKING:
+    from apache_beam.ml.inference.base import ModelHandler
+
+    from inferbridge.model_files import ModelFile
+    from inferbridge.policy import LoadPolicy
+    from inferbridge.spec import Model
+
+ENTRY_POINT_GROUP = "inferbridge.model_handlers"
+
+
+@functools.cache
+def _registered() -> tuple[dict[str, tuple[Callable[..., Any], str]], dict[str, str]]:
+    """The factories of the installed packages by name (with their origin), and why each
+    unusable name cannot be used."""
+    found: dict[str, tuple[Callable[..., Any], str]] = {}
+    problems: dict[str, str] = {}
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = steps.entry_point_origin(entry_point)
+        name = entry_point.name
+        if name in found or name in problems:
+            problems[name] = f"{origin} and another entry point are both named {name!r}; rename one"
+            found.pop(name, None)
+            continue
+        try:
+            factory = entry_point.load()
+        except Exception as e:  # a broken package must only break the lookup of its own name
+            problems[name] = f"{origin} failed to load: {type(e).__name__}: {e}"
+            continue
+        if not callable(factory):
+            problems[name] = f"{origin} loads to {factory!r}, not a callable factory(uri, **arguments)"
+            continue
+        found[name] = (factory, origin)
+    return found, problems
+
+
+def _factory(model: Model, where: str) -> tuple[Callable[..., Any], str]:
+    found, problems = _registered()
+    name = model.format
+    if name in problems:
+        raise ValueError(f"{where}.format={name!r} cannot be used: {problems[name]}")
+    if name not in found:
+        unusable = f"; entry points that cannot be used: {', '.join(map(repr, sorted(problems)))}" if problems else ""
+        raise ValueError(
+            f"{where}.format={name!r} is not a registered model handler; registered: "
+            f"{', '.join(sorted(found)) or 'none'} (the {ENTRY_POINT_GROUP!r} entry points of the "
+            f"installed packages){unusable}"
+        )
+    return found[name]
+
+
+def _check(model: Model, where: str) -> None:
+    factory, origin = _factory(model, where)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the factory says at build
+        return
+    try:
+        signature.bind(model.uri, **model.options)
+    except TypeError as e:
+        raise ValueError(
+            f"{where}.options={model.options!r} do not fit the registered handler {model.format!r} "
+            f"({origin}): {e}; it takes {model.format}{signature}"
+        ) from None
+
+
+def handler(model: Model, where: str) -> ModelHandler:
+    """The registered factory's handler for ``model``'s uri and arguments."""
+    factory, origin = _factory(model, where)
+    built = factory(model.uri, **model.options)
+    if not (callable(getattr(built, "load_model", None)) and callable(getattr(built, "run_inference", None))):
+        raise ValueError(
+            f"{where}: the registered handler {model.format!r} ({origin}) gave {built!r}, not a Beam ModelHandler"
+        )
+    return built
+
+
+def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandler:
+    return handler(dataclasses.replace(model, uri=uri), where)
+
+
+def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
+    raise TypeError(f"{where}: a registered handler loads its model itself, not from a file InferBridge opens")
+
+
+# Formats are the registered names, found when a model names one (so none are listed here).
+FRAMEWORK = Framework(name="registered", formats=(), outputs=VECTOR_OR_NUMBER, check=_check, build=_build, load=_load)
