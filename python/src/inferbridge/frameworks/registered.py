@@ -1,6 +1,6 @@
 """Model handlers that installed Python packages register under the ``inferbridge.model_handlers``
-entry-point group, named from any language (``Model.registered`` in Python, ``RegisteredModel``
-in Java) with the model's uri and JSON arguments.
+entry-point group, named from any language (``Model.registered`` in Python,
+``BeamHandlerModel.registered`` in Java) with the model's uri and JSON arguments.
 
 Each entry point loads to a callable ``factory(uri, **arguments)`` that returns a Beam
 ``ModelHandler``: a handler class whose first parameter is the uri, or a function::

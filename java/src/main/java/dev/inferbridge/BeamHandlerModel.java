@@ -6,10 +6,15 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * A model served by one of the Beam Python ModelHandlers that InferBridge allows, named by
- * {@link #HANDLERS}: {@code sklearn_numpy} (Beam's {@code SklearnModelHandlerNumpy}), {@code
- * xgboost_numpy} ({@code XGBoostModelHandlerNumpy}) and {@code tensorflow_numpy} ({@code
- * TFModelHandlerNumpy}).
+ * A model served by a Beam Python ModelHandler that the expansion service builds: one that
+ * InferBridge allows ({@link #of}), named by {@link #HANDLERS}: {@code sklearn_numpy} (Beam's
+ * {@code SklearnModelHandlerNumpy}), {@code xgboost_numpy} ({@code XGBoostModelHandlerNumpy}) and
+ * {@code tensorflow_numpy} ({@code TFModelHandlerNumpy}); or one that a Python package installed
+ * with the service registers under the {@code inferbridge.model_handlers} entry-point group
+ * ({@link #registered}): a remote endpoint's client, a framework InferBridge has no builder for,
+ * a team's own loading code. The service checks the name and the arguments when the pipeline is
+ * built. A registered handler loads (or calls) what the URI names itself, so it takes no {@link
+ * #withSha256} or {@link #withWatchPattern}; refresh it with model updates.
  *
  * <p>{@link #withArgument} passes the handler's constructor arguments (JSON values only); the
  * expansion service checks them against the handler's signature. {@link #withOutput} says what
@@ -22,11 +27,15 @@ import java.util.Map;
  *     .withOutput(ModelOutput.NUMBER);
  * rows.apply(Inference.of(model).withKeyField("id").withFeatureField("pixels")
  *     .withPostprocess(Step.round()));
+ *
+ * BeamHandlerModel remote = BeamHandlerModel.registered("sentiment", "http://127.0.0.1:8080/v1")
+ *     .withArgument("timeout_secs", 10);
  * }</pre>
  */
 public final class BeamHandlerModel extends Model {
   private static final long serialVersionUID = 1L;
   static final String FRAMEWORK = "handler";
+  static final String REGISTERED = "registered";
 
   /** The handlers the InferBridge expansion service allows. */
   public static final List<String> HANDLERS =
@@ -37,8 +46,8 @@ public final class BeamHandlerModel extends Model {
 
   private final Map<String, Object> arguments;
 
-  private BeamHandlerModel(String handler, Settings settings, Map<String, Object> arguments) {
-    super(FRAMEWORK, handler, settings);
+  private BeamHandlerModel(String framework, String handler, Settings settings, Map<String, Object> arguments) {
+    super(framework, handler, settings);
     this.arguments = arguments;
   }
 
@@ -50,7 +59,22 @@ public final class BeamHandlerModel extends Model {
               + String.join(", ", HANDLERS));
     }
     Settings settings = Settings.of("BeamHandlerModel.of()", uri, ModelOutput.VECTOR);
-    return new BeamHandlerModel(handler, settings, Collections.<String, Object>emptyMap());
+    return new BeamHandlerModel(FRAMEWORK, handler, settings, Collections.<String, Object>emptyMap());
+  }
+
+  /**
+   * The model at {@code uri}, served by the handler that a package installed with the expansion
+   * service registers as {@code handler}: the service calls the registered factory with the URI
+   * and the {@link #withArgument arguments}.
+   */
+  public static BeamHandlerModel registered(String handler, String uri) {
+    if (handler == null || handler.trim().isEmpty()) {
+      throw new IllegalArgumentException(
+          "BeamHandlerModel.registered(): handler must be the non-empty name of a registered handler, got "
+              + quote(handler));
+    }
+    Settings settings = Settings.of("BeamHandlerModel.registered()", uri, ModelOutput.VECTOR);
+    return new BeamHandlerModel(REGISTERED, handler, settings, Collections.<String, Object>emptyMap());
   }
 
   /**
@@ -59,7 +83,7 @@ public final class BeamHandlerModel extends Model {
    * earlier value of the same argument.
    */
   public BeamHandlerModel withArgument(String name, Object value) {
-    return new BeamHandlerModel(getFormat(), settings(), withEntry(method("withArgument"), arguments, name, value));
+    return new BeamHandlerModel(getFramework(), getFormat(), settings(), withEntry(method("withArgument"), arguments, name, value));
   }
 
   /** {@link ModelOutput#VECTOR} (default) or {@link ModelOutput#NUMBER}. */
@@ -78,17 +102,29 @@ public final class BeamHandlerModel extends Model {
     return (BeamHandlerModel) super.withKeys(keys);
   }
 
+  /** The file's digest; refused for a {@link #registered} handler, which loads its model itself. */
   @Override
   public BeamHandlerModel withSha256(String sha256) {
+    refuseIfRegistered("withSha256");
     return (BeamHandlerModel) super.withSha256(sha256);
   }
 
+  /** A pattern of newer files; refused for a {@link #registered} handler (use model updates). */
   @Override
   public BeamHandlerModel withWatchPattern(String pattern) {
+    refuseIfRegistered("withWatchPattern");
     return (BeamHandlerModel) super.withWatchPattern(pattern);
   }
 
-  /** The handler's name, e.g. {@code xgboost_numpy}. */
+  private void refuseIfRegistered(String calling) {
+    if (REGISTERED.equals(getFramework())) {
+      throw new IllegalArgumentException(
+          method(calling) + ": a registered handler loads its model itself, so there is no file to "
+              + "pin or watch; refresh it with model updates (Inference.withModelUpdates)");
+    }
+  }
+
+  /** The handler's name, e.g. {@code xgboost_numpy}, or the name it is registered under. */
   public String getHandler() {
     return getFormat();
   }
@@ -100,7 +136,7 @@ public final class BeamHandlerModel extends Model {
 
   @Override
   BeamHandlerModel withSettings(Settings settings) {
-    return new BeamHandlerModel(getFormat(), settings, arguments);
+    return new BeamHandlerModel(getFramework(), getFormat(), settings, arguments);
   }
 
   @Override
@@ -115,6 +151,6 @@ public final class BeamHandlerModel extends Model {
 
   @Override
   String frameworkName() {
-    return "Beam handler";
+    return REGISTERED.equals(getFramework()) ? "registered handler" : "Beam handler";
   }
 }

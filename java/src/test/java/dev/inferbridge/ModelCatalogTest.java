@@ -86,7 +86,7 @@ public class ModelCatalogTest {
   public void registeredModelsMatchTheCatalog() throws Exception {
     // Formats are the names packages register, found by the service; none are listed.
     assertEquals(java.util.Collections.emptyList(), framework("registered").get("formats"));
-    Model model = RegisteredModel.of("sentiment", "/m").withArgument("timeout_secs", 3);
+    Model model = BeamHandlerModel.registered("sentiment", "/m").withArgument("timeout_secs", 3);
     assertEquals("registered", model.getFramework());
     assertEquals(new TreeMap<>(castOutputs(framework("registered").get("outputs"))), outputs(model));
   }

@@ -33,27 +33,27 @@ public class ModelTest {
     assertModel(PytorchModel.torchScript("/m.pt"), "pytorch", "torchscript", ModelOutput.VECTOR, "{\"device\":\"cpu\"}");
     assertModel(OnnxModel.of("/m.onnx"), "onnx", "onnx", ModelOutput.VECTOR, "{}");
     assertModel(BeamHandlerModel.of("xgboost_numpy", "/m.json"), "handler", "xgboost_numpy", ModelOutput.VECTOR, "{}");
-    assertModel(RegisteredModel.of("sentiment", "http://127.0.0.1:1/m"), "registered", "sentiment", ModelOutput.VECTOR, "{}");
+    assertModel(BeamHandlerModel.registered("sentiment", "http://127.0.0.1:1/m"), "registered", "sentiment", ModelOutput.VECTOR, "{}");
   }
 
   @Test
   public void registeredModelsTakeArgumentsButNoFileSettings() {
-    RegisteredModel model =
-        RegisteredModel.of("sentiment", "/m").withArgument("timeout_secs", 3).withArgument("labels", new String[] {"a", "b"});
+    BeamHandlerModel model =
+        BeamHandlerModel.registered("sentiment", "/m").withArgument("timeout_secs", 3).withArgument("labels", new String[] {"a", "b"});
     assertEquals("{\"labels\":[\"a\",\"b\"],\"timeout_secs\":3}", model.optionsJson());
     assertEquals("sentiment", model.getHandler());
     assertEquals(
-        "RegisteredModel.of(): handler must be the non-empty name of a registered handler, got \" \"",
-        message(IllegalArgumentException.class, () -> RegisteredModel.of(" ", "/m")));
+        "BeamHandlerModel.registered(): handler must be the non-empty name of a registered handler, got \" \"",
+        message(IllegalArgumentException.class, () -> BeamHandlerModel.registered(" ", "/m")));
     assertEquals(
-        "RegisteredModel.withArgument(): name must be a non-empty string, got null",
+        "BeamHandlerModel.withArgument(): name must be a non-empty string, got null",
         message(IllegalArgumentException.class, () -> model.withArgument(null, 1)));
     assertTrue(
         message(IllegalArgumentException.class, () -> model.withSha256("0")).startsWith(
-            "RegisteredModel.withSha256(): a registered handler loads its model itself"));
+            "BeamHandlerModel.withSha256(): a registered handler loads its model itself"));
     assertTrue(
         message(IllegalArgumentException.class, () -> model.withWatchPattern("/m*")).startsWith(
-            "RegisteredModel.withWatchPattern(): a registered handler loads its model itself"));
+            "BeamHandlerModel.withWatchPattern(): a registered handler loads its model itself"));
   }
 
   private static void assertModel(Model model, String framework, String format, ModelOutput output, String options) {

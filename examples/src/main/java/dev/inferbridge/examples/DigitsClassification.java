@@ -1,11 +1,11 @@
 package dev.inferbridge.examples;
 
+import dev.inferbridge.BeamHandlerModel;
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
 import dev.inferbridge.LocalRun;
 import dev.inferbridge.Model;
 import dev.inferbridge.ModelOutput;
-import dev.inferbridge.RegisteredModel;
 import dev.inferbridge.SklearnModel;
 import dev.inferbridge.Step;
 import java.io.IOException;
@@ -81,7 +81,7 @@ public final class DigitsClassification {
 
     @Description(
         "If set, the handler registered under this name by a package installed with the service "
-            + "(RegisteredModel) serves digits.pkl, giving a vector of class probabilities")
+            + "(BeamHandlerModel.registered) serves digits.pkl, giving a vector of class probabilities")
     String getRegisteredHandler();
 
     void setRegisteredHandler(String value);
@@ -135,7 +135,7 @@ public final class DigitsClassification {
 
     Model model =
         options.getRegisteredHandler() != null
-            ? RegisteredModel.of(options.getRegisteredHandler(), modelDir.resolve("digits.pkl").toString())
+            ? BeamHandlerModel.registered(options.getRegisteredHandler(), modelDir.resolve("digits.pkl").toString())
             : model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
     if (options.getModelSha256() != null) {
       model = model.withSha256(options.getModelSha256());
