@@ -19,7 +19,7 @@ from inferbridge.policy import LoadPolicy
 
 
 def streaming_pipeline():
-    options = PipelineOptions()
+    options = PipelineOptions(flags=[])  # not the test runner's command line
     options.view_as(StandardOptions).streaming = True
     return beam.Pipeline(options=options)
 
@@ -187,20 +187,24 @@ def test_a_failed_reload_keeps_serving_the_previous_model(versions, held_out, ca
     assert any("loading the update" in r.getMessage() and paths["broken"] in r.getMessage() for r in caplog.records)
 
 
-def _update_b_then(p, composite, elements, paths, policy):
-    """``composite`` (Inference or BlockInference) with models "a" and "b" (both v1) for the groups
-    "a" and "b", over ``elements`` that arrive after an update replaces model "b" with v2."""
+def updates_then_rows(p, updates, rows):
+    """The model updates (event time 0), then the rows once the updates' watermark has passed."""
     stream = (
         test_stream.TestStream()
-        .add_elements([window.TimestampedValue(beam.Row(model_id="b", uri=paths["v2"]), 0)], tag="updates")
+        .add_elements([window.TimestampedValue(u, 0) for u in updates], tag="updates")
         .advance_watermark_to(1, tag="updates")
         .advance_processing_time(10)
-        .add_elements([window.TimestampedValue(e, 1) for e in elements], tag="rows")
+        .add_elements([window.TimestampedValue(r, 1) for r in rows], tag="rows")
         .advance_processing_time(10)
         .advance_watermark_to_infinity(tag="rows")
         .advance_watermark_to_infinity(tag="updates")
     )
-    streams = p | stream
+    return p | stream
+
+
+def two_models(composite, streams, paths, policy):
+    """``composite`` (Inference or BlockInference) with models "a" and "b" (both v1) for the
+    groups "a" and "b", refreshed by the "updates" stream."""
     return streams["rows"] | composite(
         [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
         key_field="group",
@@ -210,6 +214,12 @@ def _update_b_then(p, composite, elements, paths, policy):
         model_updates=streams["updates"],
         policy=policy,
     )
+
+
+def _update_b_then(p, composite, elements, paths, policy):
+    """``two_models`` over ``elements`` that arrive after an update replaces model "b" with v2."""
+    streams = updates_then_rows(p, [beam.Row(model_id="b", uri=paths["v2"])], elements)
+    return two_models(composite, streams, paths, policy)
 
 
 def test_an_update_replaces_one_of_several_keyed_models(versions, held_out):

@@ -21,16 +21,14 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.ml.inference.utils import WatchFilePattern  # before any model file is written
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 
 from inferbridge import Inference, Model, Step
 from inferbridge.policy import LoadPolicy
+from test_inference_streaming import streaming_pipeline, two_models, updates_then_rows
 
 
 @pytest.fixture(scope="module")
@@ -47,29 +45,8 @@ def versions(digits, tmp_path_factory):
     return v1, {k: str(v) for k, v in paths.items()}, LoadPolicy(trusted_roots=(str(root / "trusted"),))
 
 
-def _streaming():
-    options = PipelineOptions(flags=[])
-    options.view_as(StandardOptions).streaming = True
-    return beam.Pipeline(options=options)
-
-
 def _rows(pixels, n=10):
     return [beam.Row(id=i, group="ab"[i % 2], pixels=[float(v) for v in pixels[i]]) for i in range(n)]
-
-
-def _updates_then_rows(p, updates, rows):
-    """The model updates (event time 0), then the rows once the updates' watermark has passed."""
-    stream = (
-        test_stream.TestStream()
-        .add_elements([window.TimestampedValue(u, 0) for u in updates], tag="updates")
-        .advance_watermark_to(1, tag="updates")
-        .advance_processing_time(10)
-        .add_elements([window.TimestampedValue(r, 1) for r in rows], tag="rows")
-        .advance_processing_time(10)
-        .advance_watermark_to_infinity(tag="rows")
-        .advance_watermark_to_infinity(tag="updates")
-    )
-    return p | stream
 
 
 def _one_model(paths, policy, streams, **model):
@@ -77,18 +54,6 @@ def _one_model(paths, policy, streams, **model):
         Model.sklearn(paths["v1"], model_id="digits", **model),
         key_field="id",
         feature_fields="pixels",
-        preprocess=[Step("scale", factor=1 / 16)],
-        model_updates=streams["updates"],
-        policy=policy,
-    )
-
-
-def _two_models(paths, policy, streams):
-    return streams["rows"] | Inference(
-        [Model.sklearn(paths["v1"], model_id="a", keys=["a"]), Model.sklearn(paths["v1"], model_id="b", keys=["b"])],
-        key_field="group",
-        feature_fields="pixels",
-        passthrough_fields=["id"],
         preprocess=[Step("scale", factor=1 / 16)],
         model_updates=streams["updates"],
         policy=policy,
@@ -116,8 +81,8 @@ def test_a_model_metadata_update_replaces_the_only_model(versions, held_out, upd
     v1, paths, policy = versions
     pixels, _ = held_out
     assert sorted(set(v1.predict(pixels[:10] / 16))) != [7]
-    with _streaming() as p:
-        result = _one_model(paths, policy, _updates_then_rows(p, updates(paths), _rows(pixels)))
+    with streaming_pipeline() as p:
+        result = _one_model(paths, policy, updates_then_rows(p, updates(paths), _rows(pixels)))
         assert_that(
             result.inferences | beam.Map(lambda r: (int(r.key), r.inference, r.model_id)),
             equal_to([(i, 7.0, "digits") for i in range(10)]),
@@ -139,8 +104,8 @@ def test_a_keyed_update_replaces_one_of_two_models(versions, held_out, update):
     v1, paths, policy = versions
     pixels, _ = held_out
     before = v1.predict(pixels[:10] / 16)
-    with _streaming() as p:
-        result = _two_models(paths, policy, _updates_then_rows(p, [update(paths)], _rows(pixels)))
+    with streaming_pipeline() as p:
+        result = two_models(Inference, updates_then_rows(p, [update(paths)], _rows(pixels)), paths, policy)
         assert_that(
             result.inferences | beam.Map(lambda r: (r.id, r.model_id, r.inference)),
             equal_to([(i, "ab"[i % 2], float(before[i]) if i % 2 == 0 else 7.0) for i in range(10)]),
@@ -167,8 +132,8 @@ def test_a_rejected_update_is_counted_and_the_old_models_serve(versions, held_ou
     pixels, _ = held_out
     rejected = updates(paths)
     before = v1.predict(pixels[:10] / 16)
-    with _streaming() as p:
-        result = _two_models(paths, policy, _updates_then_rows(p, rejected, _rows(pixels)))
+    with streaming_pipeline() as p:
+        result = two_models(Inference, updates_then_rows(p, rejected, _rows(pixels)), paths, policy)
         assert_that(
             result.inferences | beam.Map(lambda r: (r.id, r.inference)),
             equal_to([(i, float(before[i])) for i in range(10)]),
@@ -268,8 +233,8 @@ def test_a_keyed_refreshed_pipeline_logs_no_warning(versions, held_out, caplog, 
     caplog.set_level(logging.INFO)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with _streaming() as p:
-            streams = _updates_then_rows(p, [("b", ModelMetadata(model_id=paths["v2"], model_name="v2"))], rows)
+        with streaming_pipeline() as p:
+            streams = updates_then_rows(p, [("b", ModelMetadata(model_id=paths["v2"], model_name="v2"))], rows)
             result = streams["rows"] | Inference(
                 [
                     Model.sklearn(paths["v1"], model_id="a", keys=["a"]),
