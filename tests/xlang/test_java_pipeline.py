@@ -203,3 +203,50 @@ def test_a_handler_registered_by_the_services_packages_is_named_from_java(java_c
     assert (
         "models[0].format='sentiment' is not a registered model handler; registered: digits_proba" in unknown.stderr
     ), unknown.stderr[-4000:]
+
+
+def test_a_model_behind_an_http_endpoint_is_called_from_java(java_classpath, digits_dir, tmp_path):
+    import json as json_
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+
+    from inferbridge.local_services import local_services
+
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        model = pickle.load(f)
+    calls = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            instances = json_.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+            calls.append(len(instances))
+            body = json_.dumps({"predictions": model.predict_proba(np.asarray(instances)).tolist()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prefix = f"http://127.0.0.1:{server.server_address[1]}/v1/"
+    predictions = tmp_path / "predictions.csv"
+    try:
+        with local_services(service_args=[f"--allow-endpoint={prefix}"]) as env:
+            result = run_java(
+                java_classpath, env, f"--modelDir={digits_dir}", f"--endpoint={prefix}models/digits:predict",
+                f"--predictionsFile={predictions}",
+            )
+            refused = run_java(java_classpath, env, f"--modelDir={digits_dir}", "--endpoint=http://127.0.0.1:9/admin")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+    assert calls and sum(calls) >= len(read_predictions(predictions))
+    assert refused.returncode != 0
+    assert "models[0].uri='http://127.0.0.1:9/admin' is not under an allowed endpoint" in refused.stderr, refused.stderr[-4000:]

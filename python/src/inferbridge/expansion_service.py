@@ -587,6 +587,8 @@ def _parser() -> argparse.ArgumentParser:
     flag("--allow-model-class", env="INFERBRIDGE_ALLOWED_MODEL_CLASSES", action="append",
          default=list(env.allowed_model_classes), metavar="MODULE_PREFIX",
          help=MODEL_SOURCE_FLAGS["--allow-model-class"])
+    flag("--allow-endpoint", env="INFERBRIDGE_ALLOWED_ENDPOINTS", action="append",
+         default=list(env.allowed_endpoints), metavar="URL_PREFIX", help=MODEL_SOURCE_FLAGS["--allow-endpoint"])
 
     section("where the expanded Python stages run")
     flag("--environment-type", default="EMBEDDED", choices=["EMBEDDED", "EXTERNAL", "DOCKER", "PROCESS"],
@@ -698,6 +700,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             model_roots=tuple(args.model_root),
             trusted_roots=tuple(args.trusted_model_root),
             allowed_model_classes=tuple(args.allow_model_class),
+            allowed_endpoints=tuple(args.allow_endpoint),
         )
         config = _service_config(args, policy)
     except ValueError as e:

@@ -164,7 +164,7 @@ class Inference(beam.PTransform):
         # Building the handler checks each model against the policy, before its file is looked at.
         handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs)
         for i, model in enumerate(spec.models):
-            if model.beam_handler is None:  # a handler loads what it was built for
+            if model.has_file:
                 _check_model_exists(f"models[{i}]", model, policy)
         shape = _known_example_shape(spec, elements.element_type)
         if shape is not None:

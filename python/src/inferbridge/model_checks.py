@@ -44,7 +44,7 @@ def check_model(model: Model, where: str) -> str:
     for name, value in model.options.items():
         _check_json(value, f"{where}.options.{name}")
     framework.check(model, where)
-    if framework is frameworks.REGISTRY["registered"]:
+    if not model.has_file:
         _refuse_file_fields(model, where)
     _check_pin(model, where)
     if model.watch_pattern is not None:

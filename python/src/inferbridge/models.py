@@ -13,6 +13,7 @@ A model's configuration is checked by ``inferbridge.model_checks``, which import
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 
 from inferbridge import bounds, frameworks, model_checks, model_files, steps
 from inferbridge.beam_ml import ModelHandler, PredictionResult
-from inferbridge.frameworks import registered
+from inferbridge.frameworks import endpoint, registered
 from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
         return ProvidedModelHandler(model, kind, where, model.beam_handler)
     if model.framework == registered.FRAMEWORK.name:
         return ProvidedModelHandler(model, kind, where, registered.handler(model, where))
+    if model.framework == endpoint.FRAMEWORK.name:
+        policy.check_endpoint(model.uri, where)
+        check = functools.partial(policy.check_endpoint, where=where)
+        return ProvidedModelHandler(model, kind, where, endpoint.handler(model, model.uri), check_uri=check)
     policy.check(model, model.uri, where)
     if model.sha256:
         with model_files.open_model(model, model.uri, policy, where):
@@ -172,9 +177,14 @@ class ProvidedModelHandler:
     results are shaped as every model's are.
     """
 
-    def __init__(self, model: Model, kind: str, where: str, handler: ModelHandler) -> None:
+    def __init__(
+        self, model: Model, kind: str, where: str, handler: ModelHandler, check_uri: Optional[Any] = None
+    ) -> None:
         self._model, self._kind, self._where = model, kind, where
         self._handler = handler
+        # Raises for a uri the policy refuses; checked at each load, as files are, so that a
+        # refused update is a failed reload (the last good model keeps serving).
+        self._check_uri = check_uri
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
 
@@ -189,6 +199,8 @@ class ProvidedModelHandler:
         return None
 
     def load_model(self) -> Any:
+        if self._check_uri is not None:
+            self._check_uri(self._uri)
         os.environ.update(self._model.env_vars)
         self._handler.set_environment_vars()
         return self._handler.load_model()

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from inferbridge import frameworks
+from inferbridge.bounds import shorten
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 MODEL_ROOTS_ENV = "INFERBRIDGE_MODEL_ROOTS"
 TRUSTED_ROOTS_ENV = "INFERBRIDGE_TRUSTED_MODEL_ROOTS"
 ALLOWED_CLASSES_ENV = "INFERBRIDGE_ALLOWED_MODEL_CLASSES"
+ALLOWED_ENDPOINTS_ENV = "INFERBRIDGE_ALLOWED_ENDPOINTS"
 # In any of the three lists: anything is allowed.
 ANY = "*"
 
@@ -42,11 +45,37 @@ MODEL_SOURCE_FLAGS = {
     "from here (repeatable; default: nowhere)",
     "--allow-model-class": "PyTorch model classes may be imported from modules under this prefix (repeatable; "
     "default: none)",
+    "--allow-endpoint": "endpoint models may call URLs under this prefix, e.g. https://models.internal/v1/ "
+    "(repeatable; default: none)",
     "--python-path": "put this directory first on the import path of the service, its expansion processes and "
     "its embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)",
 }
 
 _SCHEME = re.compile(r"^([A-Za-z][-A-Za-z0-9+.]*)://")
+
+
+def _parsed_url(url: Any, field: str) -> tuple[str, str, int, tuple[str, ...]]:
+    """(scheme, host, port, path segments) of an http(s) URL; ValueError naming ``field``."""
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError(f"{field} is not a URL; allowed: http:// or https:// URLs without spaces")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} is not an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{field} holds user information; allowed: URLs without it (use bearer_token_env)")
+    # Decoded, as the endpoint's server would read them (%2e%2e is "..").
+    segments = tuple(urllib.parse.unquote(s) for s in parts.path.split("/") if s)
+    if ".." in segments or "." in segments:
+        raise ValueError(f"{field} holds a '.' or '..' path segment; allowed: plain paths")
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise ValueError(f"{field} has an invalid port") from None
+    return parts.scheme.lower(), parts.hostname.lower(), port, segments
+
+
+def _under_prefix(url: tuple[str, str, int, tuple[str, ...]], prefix: tuple[str, str, int, tuple[str, ...]]) -> bool:
+    return url[:3] == prefix[:3] and url[3][: len(prefix[3])] == prefix[3]
 
 
 class OutsideRoots(ValueError):
@@ -63,15 +92,18 @@ class LoadPolicy:
     so those formats are refused.
     ``allowed_model_classes``: module prefixes (``mypkg.models``) a PyTorch ``model_class`` must
     be under; empty means none, so ``state_dict`` models are refused.
+    ``allowed_endpoints``: URL prefixes (``https://models.internal/v1/``) an endpoint model may
+    call; empty means none, so endpoint models are refused.
     ``ANY`` (``"*"``) in a list allows everything for that list.
     """
 
     model_roots: tuple[str, ...] = ()
     trusted_roots: tuple[str, ...] = ()
     allowed_model_classes: tuple[str, ...] = ()
+    allowed_endpoints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("model_roots", "trusted_roots", "allowed_model_classes"):
+        for name in ("model_roots", "trusted_roots", "allowed_model_classes", "allowed_endpoints"):
             value = getattr(self, name)
             items = (value,) if isinstance(value, str) else tuple(value)
             for item in items:
@@ -83,21 +115,25 @@ class LoadPolicy:
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> LoadPolicy:
-        """The policy named by INFERBRIDGE_MODEL_ROOTS, INFERBRIDGE_TRUSTED_MODEL_ROOTS and
-        INFERBRIDGE_ALLOWED_MODEL_CLASSES, each comma-separated; unset means empty."""
+        """The policy named by INFERBRIDGE_MODEL_ROOTS, INFERBRIDGE_TRUSTED_MODEL_ROOTS,
+        INFERBRIDGE_ALLOWED_MODEL_CLASSES and INFERBRIDGE_ALLOWED_ENDPOINTS, each comma-separated;
+        unset means empty."""
         env = os.environ if environ is None else environ
 
         def entries(name: str) -> tuple[str, ...]:
             return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
 
         return cls(
-            entries(MODEL_ROOTS_ENV), entries(TRUSTED_ROOTS_ENV), entries(ALLOWED_CLASSES_ENV)
+            entries(MODEL_ROOTS_ENV),
+            entries(TRUSTED_ROOTS_ENV),
+            entries(ALLOWED_CLASSES_ENV),
+            entries(ALLOWED_ENDPOINTS_ENV),
         )
 
     @classmethod
     def unrestricted(cls) -> LoadPolicy:
         """Everything allowed: for Python pipelines, whose author runs their own code anyway."""
-        return cls(trusted_roots=(ANY,), allowed_model_classes=(ANY,))
+        return cls(trusted_roots=(ANY,), allowed_model_classes=(ANY,), allowed_endpoints=(ANY,))
 
     def check(self, model: Model, uri: str, where: str = "model") -> None:
         """Raises ValueError, starting with ``where``, if ``model`` may not be loaded from ``uri``.
@@ -107,6 +143,20 @@ class LoadPolicy:
         refused in the same words whether or not it exists.
         """
         self._check_location(model, uri, _location(uri, f"{where}.uri"), where)
+
+    def check_endpoint(self, url: str, where: str = "model") -> None:
+        """Raises ValueError, starting with ``where``, unless ``url`` is an http(s) URL under an
+        allowed endpoint prefix. Compared as parsed: scheme and host lowercased, no user info, no
+        ``..`` segments, and a prefix matches whole path segments only."""
+        field = f"{where}.uri={shorten(url)}"
+        parsed = _parsed_url(url, field)
+        allowed = [p for p in self.allowed_endpoints if p == ANY or _under_prefix(parsed, _parsed_url(p, "prefix"))]
+        if not allowed:
+            raise OutsideRoots(
+                f"{field} is not under an allowed endpoint ({_listing(self.allowed_endpoints)}); "
+                f"to allow it, add its URL prefix to {ALLOWED_ENDPOINTS_ENV} (comma-separated) or start "
+                "the expansion service with --allow-endpoint=PREFIX"
+            )
 
     def check_opened(self, model: Model, uri: str, real_path: str, where: str = "model") -> None:
         """Like ``check``, for the local file ``uri`` once opened: ``real_path`` is where its

@@ -181,7 +181,8 @@ class Model:
     """Where a model is, how to load and call it, and which keys it serves.
 
     ``framework``/``format``: sklearn (pickle, joblib, skops), pytorch (state_dict, torchscript),
-    onnx (onnx), or handler (an allowlisted Beam ModelHandler named by ``format``).
+    onnx (onnx), handler (an allowlisted Beam ModelHandler named by ``format``), registered (a
+    handler an installed package registers as ``format``) or endpoint (http_json: an HTTP model).
     ``output`` says what one example's result is: for sklearn the method (``predict`` gives a
     number, ``predict_proba`` a vector); for the others ``vector`` or ``number``.
     ``keys``: the element keys this model serves (matched by their string form; integer keys
@@ -243,6 +244,14 @@ class Model:
     def handler(cls, name: str, uri: str, *, output: str = "vector", options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "Model":
         """An allowlisted Beam ModelHandler by name, with its constructor's keyword arguments."""
         return cls(uri, "handler", name, output, options=dict(options or {}), **kwargs)
+
+    @classmethod
+    def endpoint(cls, url: str, *, output: str = "vector", options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "Model":
+        """A model behind an HTTP endpoint taking ``{"instances": [...]}`` and answering
+        ``{"predictions": [...]}`` (see ``inferbridge.frameworks.endpoint``); ``url`` must be
+        under an allowed endpoint of the load policy. ``options``: timeout_secs, num_retries,
+        throttle_delay_secs, bearer_token_env."""
+        return cls(url, "endpoint", "http_json", output, options=dict(options or {}), **kwargs)
 
     @classmethod
     def registered(
@@ -309,6 +318,12 @@ class Model:
     @property
     def python_only(self) -> bool:
         return self.beam_handler is not None or bool(self.env_vars)
+
+    @property
+    def has_file(self) -> bool:
+        """Whether InferBridge opens the model's file; else its handler loads (or calls) what the
+        uri names itself: no file to check, pin or watch."""
+        return self.beam_handler is None and self.framework not in ("registered", "endpoint")
 
     @classmethod
     def from_config(cls, where: str, config: Any) -> "Model":

@@ -1,6 +1,6 @@
 """The model frameworks InferBridge serves, one module each, and what the rest asks of them.
 
-Each module (``sklearn``, ``pytorch``, ``onnx``, ``handler``, ``registered``) declares its ``FRAMEWORK``: the
+Each module (``sklearn``, ``pytorch``, ``onnx``, ``handler``, ``registered``, ``endpoint``) declares its ``FRAMEWORK``: the
 formats, outputs and options a ``Model`` may name, how to check them, which formats run code
 when loaded, and how to build Beam's handler and load a model file. To add a framework, write
 one such module and list it in ``_MODULES`` (the Java wrapper needs one ``Model`` subclass).
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from inferbridge.frameworks import handler, onnx, pytorch, registered, sklearn
+from inferbridge.frameworks import endpoint, handler, onnx, pytorch, registered, sklearn
 from inferbridge.frameworks.base import Framework
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
 
 # In this order in the catalog (tests/golden/models_v1.json) and in error messages.
-_MODULES = (sklearn, pytorch, onnx, handler, registered)
+_MODULES = (sklearn, pytorch, onnx, handler, registered, endpoint)
 REGISTRY: dict[str, Framework] = {module.FRAMEWORK.name: module.FRAMEWORK for module in _MODULES}
 
 

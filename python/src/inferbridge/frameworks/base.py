@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a framework format: its JSON type and whether it must be given."""
+    """One option of a framework format: its JSON type (str, dict, or float for any number) and
+    whether it must be given."""
 
     kind: type
     required: bool = False
@@ -37,7 +38,7 @@ class Option:
 # The outputs of a framework whose models give numbers: the caller says which kind to expect.
 VECTOR_OR_NUMBER = {"vector": steps.VECTOR, "number": steps.NUMBER}
 DEVICE = Option(str, choices=("cpu", "cuda"), help="where the model runs")
-_JSON_NAMES = {str: "a string", dict: "a JSON object"}
+_JSON_NAMES = {str: "a string", dict: "a JSON object", float: "a number"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def check_options(declared: Mapping[str, Option], model: Model, where: str) -> N
                 f"{where}.options.{name} is not an option of {model.framework} format "
                 f"{model.format!r}; allowed: {allowed}"
             )
-        if not isinstance(value, option.kind):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if option.kind is float else option.kind):
             raise ValueError(
                 f"{where}.options.{name}={value!r} must be {_JSON_NAMES[option.kind]} "
                 f"({option.help})"

@@ -105,23 +105,18 @@ public final class BeamHandlerModel extends Model {
   /** The file's digest; refused for a {@link #registered} handler, which loads its model itself. */
   @Override
   public BeamHandlerModel withSha256(String sha256) {
-    refuseIfRegistered("withSha256");
     return (BeamHandlerModel) super.withSha256(sha256);
   }
 
   /** A pattern of newer files; refused for a {@link #registered} handler (use model updates). */
   @Override
   public BeamHandlerModel withWatchPattern(String pattern) {
-    refuseIfRegistered("withWatchPattern");
     return (BeamHandlerModel) super.withWatchPattern(pattern);
   }
 
-  private void refuseIfRegistered(String calling) {
-    if (REGISTERED.equals(getFramework())) {
-      throw new IllegalArgumentException(
-          method(calling) + ": a registered handler loads its model itself, so there is no file to "
-              + "pin or watch; refresh it with model updates (Inference.withModelUpdates)");
-    }
+  @Override
+  boolean hasFile() {
+    return !REGISTERED.equals(getFramework());
   }
 
   /** The handler's name, e.g. {@code xgboost_numpy}, or the name it is registered under. */

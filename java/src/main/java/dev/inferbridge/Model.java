@@ -167,6 +167,7 @@ public abstract class Model implements Serializable {
    * digest is not loaded. Cannot be combined with {@link #withWatchPattern}.
    */
   public Model withSha256(String sha256) {
+    refuseWithoutFile("withSha256");
     if (sha256 == null || !SHA256.matcher(sha256).matches()) {
       throw new IllegalArgumentException(
           method("withSha256") + ": " + quote(sha256) + " is not a SHA-256 digest; allowed: 64 "
@@ -183,6 +184,7 @@ public abstract class Model implements Serializable {
    * included. Cannot be combined with {@link #withSha256}.
    */
   public Model withWatchPattern(String pattern) {
+    refuseWithoutFile("withWatchPattern");
     if (pattern == null || pattern.trim().isEmpty()) {
       throw new IllegalArgumentException(
           method("withWatchPattern") + ": pattern must be a non-empty file pattern, got "
@@ -190,6 +192,23 @@ public abstract class Model implements Serializable {
     }
     checkPinAndPattern("withWatchPattern", settings.sha256, pattern);
     return withSettings(settings.watchPattern(pattern));
+  }
+
+  /**
+   * Whether the service opens this model's file; false when its handler loads (or calls) what
+   * the URI names itself, so there is no file to pin or watch.
+   */
+  boolean hasFile() {
+    return true;
+  }
+
+  private void refuseWithoutFile(String calling) {
+    if (!hasFile()) {
+      throw new IllegalArgumentException(
+          method(calling) + ": this " + frameworkName() + " model is loaded (or called) by its handler, "
+              + "so there is no file to pin or watch; refresh it with model updates "
+              + "(Inference.withModelUpdates)");
+    }
   }
 
   private void checkPinAndPattern(String calling, String sha256, String pattern) {

@@ -91,6 +91,18 @@ public class ModelCatalogTest {
     assertEquals(new TreeMap<>(castOutputs(framework("registered").get("outputs"))), outputs(model));
   }
 
+  @Test
+  public void endpointModelsMatchTheCatalog() throws Exception {
+    assertMatches(
+        "endpoint",
+        Arrays.asList(
+            EndpointModel.of("http://127.0.0.1:1/v1/m")
+                .withTimeout(java.time.Duration.ofSeconds(3))
+                .withRetries(2)
+                .withThrottleDelay(java.time.Duration.ofMillis(500))
+                .withBearerTokenEnv("TOKEN")));
+  }
+
   @SuppressWarnings("unchecked")
   private static Map<String, String> castOutputs(Object outputs) {
     return (Map<String, String>) outputs;

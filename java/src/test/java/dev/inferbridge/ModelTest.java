@@ -37,6 +37,26 @@ public class ModelTest {
   }
 
   @Test
+  public void endpointModelsTakeCallSettingsButNoFileSettings() {
+    EndpointModel model =
+        EndpointModel.of("http://127.0.0.1:1/v1/m")
+            .withTimeout(java.time.Duration.ofMillis(2500))
+            .withRetries(1)
+            .withBearerTokenEnv("TOKEN")
+            .withOutput(ModelOutput.NUMBER);
+    assertModel(model, "endpoint", "http_json", ModelOutput.NUMBER, "{\"bearer_token_env\":\"TOKEN\",\"num_retries\":1,\"timeout_secs\":2.5}");
+    assertEquals(
+        "EndpointModel.withRetries(): -1 is out of range; allowed: 0 to 3600",
+        message(IllegalArgumentException.class, () -> model.withRetries(-1)));
+    assertEquals(
+        "EndpointModel.withBearerTokenEnv(): \"A-B\" is not an environment variable name; allowed: letters, digits and '_', not starting with a digit",
+        message(IllegalArgumentException.class, () -> model.withBearerTokenEnv("A-B")));
+    assertTrue(
+        message(IllegalArgumentException.class, () -> model.withSha256("0")).startsWith(
+            "EndpointModel.withSha256(): this endpoint model is loaded (or called) by its handler"));
+  }
+
+  @Test
   public void registeredModelsTakeArgumentsButNoFileSettings() {
     BeamHandlerModel model =
         BeamHandlerModel.registered("sentiment", "/m").withArgument("timeout_secs", 3).withArgument("labels", new String[] {"a", "b"});
@@ -50,10 +70,10 @@ public class ModelTest {
         message(IllegalArgumentException.class, () -> model.withArgument(null, 1)));
     assertTrue(
         message(IllegalArgumentException.class, () -> model.withSha256("0")).startsWith(
-            "BeamHandlerModel.withSha256(): a registered handler loads its model itself"));
+            "BeamHandlerModel.withSha256(): this registered handler model is loaded (or called) by its handler"));
     assertTrue(
         message(IllegalArgumentException.class, () -> model.withWatchPattern("/m*")).startsWith(
-            "BeamHandlerModel.withWatchPattern(): a registered handler loads its model itself"));
+            "BeamHandlerModel.withWatchPattern(): this registered handler model is loaded (or called) by its handler"));
   }
 
   private static void assertModel(Model model, String framework, String format, ModelOutput output, String options) {

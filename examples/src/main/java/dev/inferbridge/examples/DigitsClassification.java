@@ -1,6 +1,7 @@
 package dev.inferbridge.examples;
 
 import dev.inferbridge.BeamHandlerModel;
+import dev.inferbridge.EndpointModel;
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
 import dev.inferbridge.LocalRun;
@@ -80,6 +81,13 @@ public final class DigitsClassification {
     void setModelFormat(String value);
 
     @Description(
+        "If set, the model behind this HTTP endpoint (EndpointModel, POST {\"instances\": ...}) gives "
+            + "the class probabilities; the expansion service must allow it (--allow-endpoint)")
+    String getEndpoint();
+
+    void setEndpoint(String value);
+
+    @Description(
         "If set, the handler registered under this name by a package installed with the service "
             + "(BeamHandlerModel.registered) serves digits.pkl, giving a vector of class probabilities")
     String getRegisteredHandler();
@@ -133,10 +141,7 @@ public final class DigitsClassification {
     Pipeline pipeline = Pipeline.create(options);
     PCollection<Row> rows = pipeline.apply("Digits", Create.of(digits).withRowSchema(ExampleIo.DIGIT_SCHEMA));
 
-    Model model =
-        options.getRegisteredHandler() != null
-            ? BeamHandlerModel.registered(options.getRegisteredHandler(), modelDir.resolve("digits.pkl").toString())
-            : model(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
+    Model model = model(options, modelDir);
     if (options.getModelSha256() != null) {
       model = model.withSha256(options.getModelSha256());
     }
@@ -224,7 +229,18 @@ public final class DigitsClassification {
     return text;
   }
 
-  private static Model model(String format, Path modelDir) {
+  /** The model giving each digit's class probabilities. */
+  private static Model model(Options options, Path modelDir) {
+    if (options.getEndpoint() != null) {
+      return EndpointModel.of(options.getEndpoint());
+    }
+    if (options.getRegisteredHandler() != null) {
+      return BeamHandlerModel.registered(options.getRegisteredHandler(), modelDir.resolve("digits.pkl").toString());
+    }
+    return file(options.getModelFormat(), modelDir).withOutput(ModelOutput.PREDICT_PROBA);
+  }
+
+  private static Model file(String format, Path modelDir) {
     switch (format.toLowerCase(Locale.ROOT)) {
       case "pickle":
         return SklearnModel.pickle(modelDir.resolve("digits.pkl").toString());

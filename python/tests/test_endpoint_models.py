@@ -1,0 +1,140 @@
+"""Endpoint models: batches POSTed to a real HTTP server on loopback (a fake model endpoint in
+the test), with Beam's retries, failures per row and the load policy's allowed endpoints.
+
+Beam's backoff waits about 5 s (2.5 to 7.5) before a retry, so the retry test takes that long.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from inferbridge import Inference, LoadPolicy, Model
+
+
+class FakeEndpoint:
+    """Answers ``{"predictions": [sum of each instance]}``; ``script`` holds (status, body) answers
+    to give first, one per request; it records every request's path, headers and instances."""
+
+    def __init__(self):
+        self.requests, self.script = [], []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                instances = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+                endpoint.requests.append((self.path, self.headers.get("Authorization"), instances))
+                status, body = endpoint.script.pop(0) if endpoint.script else (200, {"predictions": [sum(i) for i in instances]})
+                payload = json.dumps(body).encode() if not isinstance(body, bytes) else body
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/models/sum:predict"
+        self.prefix = f"http://127.0.0.1:{self.server.server_address[1]}/v1/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def fake():
+    endpoint = FakeEndpoint()
+    yield endpoint
+    endpoint.server.shutdown()
+    endpoint.server.server_close()
+
+
+def _rows(n):
+    return [beam.Row(id=str(i), f=[float(i), 1.0]) for i in range(n)]
+
+
+def test_each_batch_is_one_post_and_every_row_gets_its_prediction(fake, monkeypatch):
+    monkeypatch.setenv("INFERBRIDGE_TEST_TOKEN", "s3cret")
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(7)) | Inference(
+            Model.endpoint(fake.url, output="number", options={"bearer_token_env": "INFERBRIDGE_TEST_TOKEN"}),
+            key_field="id",
+            feature_fields="f",
+            max_batch_size=3,
+            policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference)),
+            equal_to([(str(i), i + 1.0) for i in range(7)]),
+        )
+    assert {(path, auth) for path, auth, _ in fake.requests} == {("/v1/models/sum:predict", "Bearer s3cret")}
+    assert sorted(len(instances) for _, _, instances in fake.requests) == [1, 3, 3]
+
+
+def test_a_call_that_may_succeed_later_is_retried(fake, caplog):
+    fake.script = [(503, {"error": "warming up"})]
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(3)) | Inference(
+            Model.endpoint(fake.url, output="number"),
+            key_field="id",
+            feature_fields="f",
+            policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(str(i), i + 1.0) for i in range(3)]))
+        assert_that(result.failures, equal_to([]), label="NoFailures")
+    assert len(fake.requests) == 2 and fake.requests[0][2] == fake.requests[1][2]
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ((400, {"error": "instances must have 3 values"}), 'answered HTTP 400 Bad Request: {"error": "instances must have 3 values"}'),
+        ((200, {"predictions": []}), "answered 0 predictions for 1 instances"),
+        ((200, b"<html>"), "answered something other than JSON"),
+    ],
+)
+def test_a_call_that_cannot_succeed_fails_its_rows_at_once(fake, answer, message):
+    fake.script = [answer] * 3
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(2)) | Inference(
+            Model.endpoint(fake.url, output="number"),
+            key_field="id",
+            feature_fields="f",
+            policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+        )
+        failures = result.failures | beam.Map(lambda r: (r.key, r.stage, message in r.message))
+        assert_that(failures, equal_to([("0", "inference", True), ("1", "inference", True)]))
+        assert_that(result.inferences, equal_to([]), label="NoInferences")
+    # Not retried: the call for both rows, then each row alone (failures are isolated per row).
+    assert sorted(len(instances) for _, _, instances in fake.requests) == [1, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "url, allowed, message",
+    [
+        ("http://127.0.0.1:9/v1/m", (), "is not under an allowed endpoint (none configured); to allow it"),
+        ("http://127.0.0.1:9/v2/m", ("http://127.0.0.1:9/v1/",), "is not under an allowed endpoint (http://127.0.0.1:9/v1/)"),
+        ("http://127.0.0.1:9/v1/%2e%2e/admin", ("http://127.0.0.1:9/v1/",), "holds a '.' or '..' path segment"),
+        ("http://user:pw@127.0.0.1:9/v1/m", ("http://127.0.0.1:9/v1/",), "holds user information"),
+        ("file:///etc/passwd", ("*",), "is not an http:// or https:// URL with a host"),
+    ],
+)
+def test_only_allowed_endpoints_are_called(url, allowed, message):
+    with pytest.raises(ValueError) as raised:
+        with beam.Pipeline() as p:
+            _ = p | beam.Create(_rows(1)) | Inference(
+                Model.endpoint(url), key_field="id", feature_fields="f", policy=LoadPolicy(allowed_endpoints=allowed)
+            )
+    assert message in str(raised.value)
+
+
+def test_endpoint_options_are_checked_when_the_spec_is_built():
+    with pytest.raises(ValueError, match=r"models\[0\].options.timeout_secs='10' must be a number"):
+        Inference(Model.endpoint("http://h/m", options={"timeout_secs": "10"}), key_field="id", feature_fields="f")
+    with pytest.raises(ValueError, match=r"models\[0\].options.retries is not an option of endpoint format 'http_json'"):
+        Inference(Model.endpoint("http://h/m", options={"retries": 1}), key_field="id", feature_fields="f")
+    with pytest.raises(ValueError, match=r"models\[0\].sha256=.* is not taken by a model whose handler loads it itself"):
+        Inference(Model.endpoint("http://h/m", sha256="0" * 64), key_field="id", feature_fields="f")
