@@ -57,10 +57,10 @@ def _rows(n):
 
 
 def test_each_batch_is_one_post_and_every_row_gets_its_prediction(fake, monkeypatch):
-    monkeypatch.setenv("INFERBRIDGE_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("INFERBRIDGE_ENDPOINT_TOKEN_TEST", "s3cret\n")  # as a mounted secret file ends
     with beam.Pipeline() as p:
         result = p | beam.Create(_rows(7)) | Inference(
-            Model.endpoint(fake.url, output="number", options={"bearer_token_env": "INFERBRIDGE_TEST_TOKEN"}),
+            Model.endpoint(fake.url, output="number", options={"bearer_token_env": "INFERBRIDGE_ENDPOINT_TOKEN_TEST"}),
             key_field="id",
             feature_fields="f",
             max_batch_size=3,
@@ -86,6 +86,23 @@ def test_a_call_that_may_succeed_later_is_retried(fake, caplog):
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(str(i), i + 1.0) for i in range(3)]))
         assert_that(result.failures, equal_to([]), label="NoFailures")
     assert len(fake.requests) == 2 and fake.requests[0][2] == fake.requests[1][2]
+
+
+def test_a_call_still_failing_after_its_retries_fails_its_rows_together(fake):
+    fake.script = [(503, {"error": "down"})] * 2
+    with beam.Pipeline() as p:
+        result = p | beam.Create(_rows(4)) | Inference(
+            Model.endpoint(fake.url, output="number", options={"num_retries": 1, "throttle_delay_secs": 0}),
+            key_field="id",
+            feature_fields="f",
+            policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda r: (r.key, r.stage, "answered HTTP 503" in r.message)),
+            equal_to([(str(i), "inference", True) for i in range(4)]),
+        )
+    # One call and its one retry: the rows are not tried in halves against an endpoint that is down.
+    assert [len(instances) for _, _, instances in fake.requests] == [4, 4]
 
 
 @pytest.mark.parametrize(
@@ -117,7 +134,9 @@ def test_a_call_that_cannot_succeed_fails_its_rows_at_once(fake, answer, message
     [
         ("http://127.0.0.1:9/v1/m", (), "is not under an allowed endpoint (none configured); to allow it"),
         ("http://127.0.0.1:9/v2/m", ("http://127.0.0.1:9/v1/",), "is not under an allowed endpoint (http://127.0.0.1:9/v1/)"),
-        ("http://127.0.0.1:9/v1/%2e%2e/admin", ("http://127.0.0.1:9/v1/",), "holds a '.' or '..' path segment"),
+        ("http://127.0.0.1:9/v1/../admin", ("http://127.0.0.1:9/v1/",), "holds a '.' or '..' path segment"),
+        ("http://127.0.0.1:9/v1/%2e%2e%2fadmin", ("http://127.0.0.1:9/v1/",), "holds '%', '\\' or ';' in its path"),
+        ("http://127.0.0.1:9/v1/..;/admin", ("http://127.0.0.1:9/v1/",), "holds '%', '\\' or ';' in its path"),
         ("http://user:pw@127.0.0.1:9/v1/m", ("http://127.0.0.1:9/v1/",), "holds user information"),
         ("file:///etc/passwd", ("*",), "is not an http:// or https:// URL with a host"),
     ],
@@ -129,6 +148,27 @@ def test_only_allowed_endpoints_are_called(url, allowed, message):
                 Model.endpoint(url), key_field="id", feature_fields="f", policy=LoadPolicy(allowed_endpoints=allowed)
             )
     assert message in str(raised.value)
+
+
+def test_the_token_comes_only_from_variables_named_for_endpoint_tokens():
+    with pytest.raises(ValueError, match=r"options.bearer_token_env='AWS_SECRET_ACCESS_KEY' is not allowed; allowed: names "
+                       r"INFERBRIDGE_ENDPOINT_TOKEN_<NAME>"):
+        Inference(Model.endpoint("http://h/m", options={"bearer_token_env": "AWS_SECRET_ACCESS_KEY"}), key_field="id", feature_fields="f")
+
+
+def test_rows_json_cannot_carry_fail_without_a_call(fake):
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id="nan", f=[float("nan"), 1.0]), beam.Row(id="ok", f=[1.0, 1.0])]) | Inference(
+            Model.endpoint(fake.url, output="number"), key_field="id", feature_fields="f",
+            policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([("ok", 2.0)]))
+        assert_that(
+            result.failures | beam.Map(lambda r: (r.key, r.stage, r.message)),
+            equal_to([("nan", "inference", "instances hold NaN or Infinity, which JSON cannot carry")]),
+            label="Failures",
+        )
+    assert all(len(instances) == 1 and instances[0] == [1.0, 1.0] for _, _, instances in fake.requests)
 
 
 def test_endpoint_options_are_checked_when_the_spec_is_built():

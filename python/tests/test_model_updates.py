@@ -14,6 +14,7 @@ import pathlib
 import pickle
 import shutil
 import time
+import typing
 import warnings
 
 import apache_beam as beam
@@ -29,6 +30,11 @@ from sklearn.linear_model import LogisticRegression
 from inferbridge import Inference, Model, Step
 from inferbridge.policy import LoadPolicy
 from test_inference_streaming import streaming_pipeline, two_models, updates_then_rows
+
+
+class UriFirst(typing.NamedTuple):
+    uri: str
+    model_id: str
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +102,8 @@ def test_a_model_metadata_update_replaces_the_only_model(versions, held_out, upd
     [
         pytest.param(lambda paths: ("b", ModelMetadata(model_id=paths["v2"], model_name="v2")), id="keyed_model_metadata"),
         pytest.param(lambda paths: ("b", paths["v2"]), id="keyed_uri"),
+        # A Row whose fields come in another order (as a cross-language Row may) is read by name.
+        pytest.param(lambda paths: UriFirst(uri=paths["v2"], model_id="b"), id="row_with_uri_first"),
         # Among several models, a bare ModelMetadata names its model by model_name.
         pytest.param(lambda paths: ModelMetadata(model_id=paths["v2"], model_name="b"), id="model_metadata_named_b"),
     ],

@@ -189,7 +189,7 @@ def test_a_handler_registered_by_the_services_packages_is_named_from_java(java_c
     (package / "ib_digits_handlers.py").write_text(DIGITS_PROBA)
     predictions = tmp_path / "predictions.csv"
     # No trusted model root: the registered handler loads the pickle itself.
-    with local_services(service_args=[f"--python-path={package}"]) as env:
+    with local_services(service_args=[f"--python-path={package}", "--allow-registered-handler=digits_proba"]) as env:
         result = run_java(
             java_classpath, env, f"--modelDir={digits_dir}", "--registeredHandler=digits_proba",
             f"--predictionsFile={predictions}",

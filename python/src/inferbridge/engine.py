@@ -283,8 +283,11 @@ class ModelRunner:
         except Exception as e:  # noqa: BLE001 - every failure is isolated, whatever raised it
             if not isinstance(e, StageError):
                 e = StageError("inference", None, e)
-            if hi - lo == 1:
-                failed[lo] = Failed(e.stage, e.step, e.error)
+            # An error that says so is the call's, not a row's (an endpoint down after its
+            # retries): splitting would only call it again, once per half.
+            if hi - lo == 1 or not getattr(e.error, "isolate_rows", True):
+                for row in range(lo, hi):
+                    failed[row] = Failed(e.stage, e.step, e.error)
                 return
             self._splits.inc()
             mid = (lo + hi) // 2

@@ -589,6 +589,9 @@ def _parser() -> argparse.ArgumentParser:
          help=MODEL_SOURCE_FLAGS["--allow-model-class"])
     flag("--allow-endpoint", env="INFERBRIDGE_ALLOWED_ENDPOINTS", action="append",
          default=list(env.allowed_endpoints), metavar="URL_PREFIX", help=MODEL_SOURCE_FLAGS["--allow-endpoint"])
+    flag("--allow-registered-handler", env="INFERBRIDGE_ALLOWED_REGISTERED_HANDLERS", action="append",
+         default=list(env.allowed_registered_handlers), metavar="NAME",
+         help=MODEL_SOURCE_FLAGS["--allow-registered-handler"])
 
     section("where the expanded Python stages run")
     flag("--environment-type", default="EMBEDDED", choices=["EMBEDDED", "EXTERNAL", "DOCKER", "PROCESS"],
@@ -701,6 +704,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             trusted_roots=tuple(args.trusted_model_root),
             allowed_model_classes=tuple(args.allow_model_class),
             allowed_endpoints=tuple(args.allow_endpoint),
+            allowed_registered_handlers=tuple(args.allow_registered_handler),
         )
         config = _service_config(args, policy)
     except ValueError as e:

@@ -67,26 +67,32 @@ def _check_env_vars(model: Model, where: str) -> None:
 
 def _check_provided(model: Model, where: str) -> str:
     """Checks a model given as a Beam ModelHandler instance (``Model.of``)."""
-    handler = model.beam_handler
-    for method in ("load_model", "run_inference", "update_model_path", "batch_elements_kwargs"):
-        if not callable(getattr(handler, method, None)):
-            raise ValueError(
-                f"{where}.beam_handler={type(handler).__name__} has no {method}(); allowed: Beam ModelHandlers"
-            )
+    check_handler(model.beam_handler, f"{where}.beam_handler")
     outputs = {"vector": steps.VECTOR, "number": steps.NUMBER}
     if model.output not in outputs:
         raise ValueError(f"{where}.output={model.output!r} is not supported for a ModelHandler; allowed: vector, number")
     if model.options:
         raise ValueError(f"{where}.options={model.options!r} is not taken by a model given as a ModelHandler")
     _refuse_file_fields(model, where)
+    return outputs[model.output]
+
+
+def check_handler(handler: Any, what: str) -> None:
+    """Checks a Beam ModelHandler object (given, or built by a registered factory) as the
+    composite calls it; ValueErrors start with ``what``."""
+    name = handler.__name__ if isinstance(handler, type) else type(handler).__name__
+    if isinstance(handler, type):
+        raise ValueError(f"{what} is the class {name}, not a handler; give an instance, e.g. {name}(...)")
+    for method in ("load_model", "run_inference", "update_model_path", "batch_elements_kwargs"):
+        if not callable(getattr(handler, method, None)):
+            raise ValueError(f"{what} ({name}) has no {method}(); allowed: Beam ModelHandlers")
     for kind in ("preprocess", "postprocess"):
         functions = getattr(handler, f"get_{kind}_fns", lambda: [])()
         if functions:
             raise ValueError(
-                f"{where}.beam_handler={type(handler).__name__} has {kind} functions (with_{kind}_fn); give them "
-                f"to the composite as {kind}=[Step.custom(fn)], where their failures are reported per row"
+                f"{what} ({name}) has {kind} functions (with_{kind}_fn); give them to the composite as "
+                f"{kind}=[Step.custom(fn)], where their failures are reported per row"
             )
-    return outputs[model.output]
 
 
 def _refuse_file_fields(model: Model, where: str) -> None:

@@ -267,7 +267,9 @@ class _ToModelUpdate(beam.DoFn):
             if model_id not in self._ids:
                 return None, None, _AMBIGUOUS
             return self._checked(model_id, update.model_id, "ModelMetadata.model_id")
-        if isinstance(update, tuple) and len(update) == 2:
+        # A plain pair; a Row with fields (a NamedTuple, as cross-language Rows decode) is read
+        # by name below, whatever the order of its fields.
+        if isinstance(update, tuple) and not hasattr(update, "_fields") and len(update) == 2:
             model_id, value = update
             if not isinstance(model_id, str) or model_id not in self._ids:
                 return None, None, f"a keyed update needs {known} as its first item"

@@ -13,22 +13,32 @@ A model's configuration is checked by ``inferbridge.model_checks``, which import
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from inferbridge import bounds, frameworks, model_checks, model_files, steps
 from inferbridge.beam_ml import ModelHandler, PredictionResult
-from inferbridge.frameworks import endpoint, registered
 from inferbridge.policy import LoadPolicy
 
 if TYPE_CHECKING:
     from inferbridge.spec import Model
 
 _LOGGER = logging.getLogger(__name__)
+
+
+_ENV_LOCK = threading.Lock()
+
+
+def set_env_vars(env_vars: Mapping[str, str]) -> None:
+    """Sets a model's ``env_vars`` in this worker process (for every model it holds: the
+    environment is the process's), one loading thread at a time."""
+    if env_vars:
+        with _ENV_LOCK:
+            os.environ.update(env_vars)
 
 
 def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> CheckedModelHandler | ProvidedModelHandler:
@@ -42,12 +52,10 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     kind = model_checks.check_model(model, where)
     if model.beam_handler is not None:
         return ProvidedModelHandler(model, kind, where, model.beam_handler)
-    if model.framework == registered.FRAMEWORK.name:
-        return ProvidedModelHandler(model, kind, where, registered.handler(model, where))
-    if model.framework == endpoint.FRAMEWORK.name:
-        policy.check_endpoint(model.uri, where)
-        check = functools.partial(policy.check_endpoint, where=where)
-        return ProvidedModelHandler(model, kind, where, endpoint.handler(model, model.uri), check_uri=check)
+    if not model.has_file:  # a registered or endpoint handler: built now, checked like Model.of's
+        built = frameworks.REGISTRY[model.framework].build(model, model.uri, policy, where)
+        model_checks.check_handler(built, f"the handler {where}.format={model.format!r} built")
+        return ProvidedModelHandler(model, kind, where, built)
     policy.check(model, model.uri, where)
     if model.sha256:
         with model_files.open_model(model, model.uri, policy, where):
@@ -97,7 +105,7 @@ class CheckedModelHandler(ModelHandler):
             return read(self._model, file)
 
     def load_model(self) -> Any:
-        os.environ.update(self._model.env_vars)
+        set_env_vars(self._model.env_vars)
         with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:
             self._warn_if_cuda_missing()
             return self._framework.load(self._model, file, self._policy, self._where)
@@ -177,14 +185,9 @@ class ProvidedModelHandler:
     results are shaped as every model's are.
     """
 
-    def __init__(
-        self, model: Model, kind: str, where: str, handler: ModelHandler, check_uri: Optional[Any] = None
-    ) -> None:
+    def __init__(self, model: Model, kind: str, where: str, handler: ModelHandler) -> None:
         self._model, self._kind, self._where = model, kind, where
         self._handler = handler
-        # Raises for a uri the policy refuses; checked at each load, as files are, so that a
-        # refused update is a failed reload (the last good model keeps serving).
-        self._check_uri = check_uri
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
 
@@ -199,10 +202,11 @@ class ProvidedModelHandler:
         return None
 
     def load_model(self) -> Any:
-        if self._check_uri is not None:
-            self._check_uri(self._uri)
-        os.environ.update(self._model.env_vars)
-        self._handler.set_environment_vars()
+        set_env_vars(self._model.env_vars)
+        set_handler_env = getattr(self._handler, "set_environment_vars", None)  # Beam handlers have it
+        if set_handler_env is not None:
+            with _ENV_LOCK:
+                set_handler_env()
         return self._handler.load_model()
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:

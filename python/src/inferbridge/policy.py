@@ -34,6 +34,7 @@ MODEL_ROOTS_ENV = "INFERBRIDGE_MODEL_ROOTS"
 TRUSTED_ROOTS_ENV = "INFERBRIDGE_TRUSTED_MODEL_ROOTS"
 ALLOWED_CLASSES_ENV = "INFERBRIDGE_ALLOWED_MODEL_CLASSES"
 ALLOWED_ENDPOINTS_ENV = "INFERBRIDGE_ALLOWED_ENDPOINTS"
+ALLOWED_HANDLERS_ENV = "INFERBRIDGE_ALLOWED_REGISTERED_HANDLERS"
 # In any of the three lists: anything is allowed.
 ANY = "*"
 
@@ -46,6 +47,8 @@ MODEL_SOURCE_FLAGS = {
     "--allow-model-class": "PyTorch model classes may be imported from modules under this prefix (repeatable; "
     "default: none)",
     "--allow-endpoint": "endpoint models may call URLs under this prefix, e.g. https://models.internal/v1/ "
+    "(repeatable; default: none)",
+    "--allow-registered-handler": "models may name this handler that an installed package registers "
     "(repeatable; default: none)",
     "--python-path": "put this directory first on the import path of the service, its expansion processes and "
     "its embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)",
@@ -63,12 +66,17 @@ def _parsed_url(url: Any, field: str) -> tuple[str, str, int, tuple[str, ...]]:
         raise ValueError(f"{field} is not an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{field} holds user information; allowed: URLs without it (use bearer_token_env)")
-    # Decoded, as the endpoint's server would read them (%2e%2e is "..").
-    segments = tuple(urllib.parse.unquote(s) for s in parts.path.split("/") if s)
+    # Servers differ in what they decode (%2f, %2e, "\\", "..;"): a path is taken only as plain
+    # segments, so that a prefix means the same to the check and to every server.
+    if any(c in parts.path for c in "%\\;"):
+        raise ValueError(f"{field} holds '%', '\\' or ';' in its path; allowed: plain paths")
+    segments = tuple(s for s in parts.path.split("/") if s)
     if ".." in segments or "." in segments:
         raise ValueError(f"{field} holds a '.' or '..' path segment; allowed: plain paths")
     try:
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if parts.scheme.lower() == "https" else 80)
+        if port == 0:
+            raise ValueError
     except ValueError:
         raise ValueError(f"{field} has an invalid port") from None
     return parts.scheme.lower(), parts.hostname.lower(), port, segments
@@ -94,6 +102,8 @@ class LoadPolicy:
     be under; empty means none, so ``state_dict`` models are refused.
     ``allowed_endpoints``: URL prefixes (``https://models.internal/v1/``) an endpoint model may
     call; empty means none, so endpoint models are refused.
+    ``allowed_registered_handlers``: names of the handlers installed packages register that
+    models may name; empty means none.
     ``ANY`` (``"*"``) in a list allows everything for that list.
     """
 
@@ -101,9 +111,12 @@ class LoadPolicy:
     trusted_roots: tuple[str, ...] = ()
     allowed_model_classes: tuple[str, ...] = ()
     allowed_endpoints: tuple[str, ...] = ()
+    allowed_registered_handlers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("model_roots", "trusted_roots", "allowed_model_classes", "allowed_endpoints"):
+        for name in (
+            "model_roots", "trusted_roots", "allowed_model_classes", "allowed_endpoints", "allowed_registered_handlers"
+        ):
             value = getattr(self, name)
             items = (value,) if isinstance(value, str) else tuple(value)
             for item in items:
@@ -112,12 +125,15 @@ class LoadPolicy:
                         f"LoadPolicy.{name} holds {item!r}; entries must be non-empty strings"
                     )
             object.__setattr__(self, name, tuple(item.strip() for item in items))
+        for prefix in self.allowed_endpoints:
+            if prefix != ANY:
+                _parsed_url(prefix, f"LoadPolicy.allowed_endpoints holds {prefix!r}, which")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> LoadPolicy:
         """The policy named by INFERBRIDGE_MODEL_ROOTS, INFERBRIDGE_TRUSTED_MODEL_ROOTS,
-        INFERBRIDGE_ALLOWED_MODEL_CLASSES and INFERBRIDGE_ALLOWED_ENDPOINTS, each comma-separated;
-        unset means empty."""
+        INFERBRIDGE_ALLOWED_MODEL_CLASSES, INFERBRIDGE_ALLOWED_ENDPOINTS and
+        INFERBRIDGE_ALLOWED_REGISTERED_HANDLERS, each comma-separated; unset means empty."""
         env = os.environ if environ is None else environ
 
         def entries(name: str) -> tuple[str, ...]:
@@ -128,12 +144,15 @@ class LoadPolicy:
             entries(TRUSTED_ROOTS_ENV),
             entries(ALLOWED_CLASSES_ENV),
             entries(ALLOWED_ENDPOINTS_ENV),
+            entries(ALLOWED_HANDLERS_ENV),
         )
 
     @classmethod
     def unrestricted(cls) -> LoadPolicy:
         """Everything allowed: for Python pipelines, whose author runs their own code anyway."""
-        return cls(trusted_roots=(ANY,), allowed_model_classes=(ANY,), allowed_endpoints=(ANY,))
+        return cls(
+            trusted_roots=(ANY,), allowed_model_classes=(ANY,), allowed_endpoints=(ANY,), allowed_registered_handlers=(ANY,)
+        )
 
     def check(self, model: Model, uri: str, where: str = "model") -> None:
         """Raises ValueError, starting with ``where``, if ``model`` may not be loaded from ``uri``.
@@ -156,6 +175,16 @@ class LoadPolicy:
                 f"{field} is not under an allowed endpoint ({_listing(self.allowed_endpoints)}); "
                 f"to allow it, add its URL prefix to {ALLOWED_ENDPOINTS_ENV} (comma-separated) or start "
                 "the expansion service with --allow-endpoint=PREFIX"
+            )
+
+    def check_registered_handler(self, name: str, where: str = "model") -> None:
+        """Raises ValueError unless models may name the registered handler ``name``."""
+        allowed = self.allowed_registered_handlers
+        if ANY not in allowed and name not in allowed:
+            raise ValueError(
+                f"{where}.format={shorten(name)}: the registered handler is not allowed ({_listing(allowed)}); to "
+                f"allow it, add its name to {ALLOWED_HANDLERS_ENV} (comma-separated) or start the expansion "
+                "service with --allow-registered-handler=NAME"
             )
 
     def check_opened(self, model: Model, uri: str, real_path: str, where: str = "model") -> None:
@@ -282,7 +311,7 @@ def _safe_formats() -> str:
     return "; ".join(
         f"{framework.name}: {', '.join(framework.safe_formats)}"
         for framework in frameworks.REGISTRY.values()
-        if framework.safe_formats
+        if framework.safe_formats and not framework.loads_itself
     )
 
 

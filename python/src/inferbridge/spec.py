@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
-from inferbridge import bounds, model_checks, steps
+from inferbridge import bounds, frameworks, model_checks, steps
 from inferbridge.bounds import shorten
 
 RUN_INFERENCE_URN = "beam:transform:inferbridge:run_inference:v1"
@@ -323,7 +323,10 @@ class Model:
     def has_file(self) -> bool:
         """Whether InferBridge opens the model's file; else its handler loads (or calls) what the
         uri names itself: no file to check, pin or watch."""
-        return self.beam_handler is None and self.framework not in ("registered", "endpoint")
+        if self.beam_handler is not None:
+            return False
+        framework = frameworks.REGISTRY.get(self.framework)
+        return framework is None or not framework.loads_itself
 
     @classmethod
     def from_config(cls, where: str, config: Any) -> "Model":

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a framework format: its JSON type (str, dict, or float for any number) and
-    whether it must be given."""
+    """One option of a framework format: its JSON type (str, dict, int, or float for any number)
+    and whether it must be given."""
 
     kind: type
     required: bool = False
@@ -38,7 +38,7 @@ class Option:
 # The outputs of a framework whose models give numbers: the caller says which kind to expect.
 VECTOR_OR_NUMBER = {"vector": steps.VECTOR, "number": steps.NUMBER}
 DEVICE = Option(str, choices=("cpu", "cuda"), help="where the model runs")
-_JSON_NAMES = {str: "a string", dict: "a JSON object", float: "a number"}
+_JSON_NAMES = {str: "a string", dict: "a JSON object", float: "a number", int: "an integer"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class Framework:
     # declared_shape(model, file): the shape of one example (no batch axis) the model file
     # declares, read without loading the model; None when it declares none.
     declared_shape: Optional[Callable[[Model, ModelFile], Optional[tuple[int, ...]]]] = None
+    # Whether the handler ``build`` makes loads (or calls) what the uri names itself: InferBridge
+    # opens no file for it (no existence check, sha256 pin or watch pattern; ``load`` unused).
+    loads_itself: bool = False
 
     def runs_code(self, fmt: str) -> bool:
         return fmt not in self.safe_formats

@@ -13,17 +13,18 @@ Each entry point loads to a callable ``factory(uri, **arguments)`` that returns 
     [project.entry-points."inferbridge.model_handlers"]
     sentiment = "my_package.handlers:sentiment"
 
-The arguments are checked against the factory's signature when the pipeline is built, and the
-factory runs then too. The handler is the operator's code: it gets the uri as the pipeline gives
+A name is served only where the load policy allows it (``--allow-registered-handler``; none by
+default). The arguments are checked against the factory's signature when the pipeline is built,
+and the factory runs then too. The handler is the operator's code: it gets the uri as the pipeline gives
 it and loads (or calls) what that names itself, so the load policy, which governs the files
 InferBridge opens, does not apply to it, and it takes no ``sha256`` or ``watch_pattern``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
+import logging
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from inferbridge.spec import Model
 
 ENTRY_POINT_GROUP = "inferbridge.model_handlers"
+_LOGGER = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -69,19 +71,20 @@ def _factory(model: Model, where: str) -> tuple[Callable[..., Any], str]:
     found, problems = _registered()
     name = model.format
     if name in problems:
-        raise ValueError(f"{where}.format={name!r} cannot be used: {problems[name]}")
+        # Which package and why: for the operator's log, not for whoever named it.
+        _LOGGER.error("Registered model handler %r cannot be used: %s", name, problems[name])
+        raise ValueError(f"{where}.format={name!r} names a registered handler that cannot be used (see the log)")
     if name not in found:
-        unusable = f"; entry points that cannot be used: {', '.join(map(repr, sorted(problems)))}" if problems else ""
         raise ValueError(
             f"{where}.format={name!r} is not a registered model handler; registered: "
             f"{', '.join(sorted(found)) or 'none'} (the {ENTRY_POINT_GROUP!r} entry points of the "
-            f"installed packages){unusable}"
+            "installed packages)"
         )
     return found[name]
 
 
 def _check(model: Model, where: str) -> None:
-    factory, origin = _factory(model, where)
+    factory, _ = _factory(model, where)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # no signature to read (a builtin): the factory says at build
@@ -90,24 +93,17 @@ def _check(model: Model, where: str) -> None:
         signature.bind(model.uri, **model.options)
     except TypeError as e:
         raise ValueError(
-            f"{where}.options={model.options!r} do not fit the registered handler {model.format!r} "
-            f"({origin}): {e}; it takes {model.format}{signature}"
+            f"{where}.options={model.options!r} do not fit the registered handler {model.format!r}: {e}; "
+            f"it takes {model.format}{signature}"
         ) from None
 
 
-def handler(model: Model, where: str) -> ModelHandler:
-    """The registered factory's handler for ``model``'s uri and arguments."""
-    factory, origin = _factory(model, where)
-    built = factory(model.uri, **model.options)
-    if not (callable(getattr(built, "load_model", None)) and callable(getattr(built, "run_inference", None))):
-        raise ValueError(
-            f"{where}: the registered handler {model.format!r} ({origin}) gave {built!r}, not a Beam ModelHandler"
-        )
-    return built
-
-
 def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandler:
-    return handler(dataclasses.replace(model, uri=uri), where)
+    """The registered factory's handler for ``uri`` and the model's arguments, once the policy
+    allows the name (the factory runs only then)."""
+    policy.check_registered_handler(model.format, where)
+    factory, _ = _factory(model, where)
+    return factory(uri, **model.options)
 
 
 def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
@@ -115,4 +111,6 @@ def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
 
 
 # Formats are the registered names, found when a model names one (so none are listed here).
-FRAMEWORK = Framework(name="registered", formats=(), outputs=VECTOR_OR_NUMBER, check=_check, build=_build, load=_load)
+FRAMEWORK = Framework(
+    name="registered", formats=(), outputs=VECTOR_OR_NUMBER, check=_check, build=_build, load=_load, loads_itself=True
+)

@@ -20,7 +20,7 @@ import java.util.Map;
  * <pre>{@code
  * EndpointModel model = EndpointModel.of("https://models.internal/v1/models/digits:predict")
  *     .withTimeout(Duration.ofSeconds(10))
- *     .withBearerTokenEnv("DIGITS_TOKEN")
+ *     .withBearerTokenEnv("INFERBRIDGE_ENDPOINT_TOKEN_DIGITS")
  *     .withOutput(ModelOutput.VECTOR);
  * }</pre>
  */
@@ -44,15 +44,15 @@ public final class EndpointModel extends Model {
         Settings.of("EndpointModel.of()", url, ModelOutput.VECTOR), Collections.<String, Object>emptyMap());
   }
 
-  /** How long one call may take (default 30 s; at most an hour). */
+  /** How long one call may take (default 30 s; more than zero, at most an hour). */
   public EndpointModel withTimeout(Duration timeout) {
     return with("withTimeout", "timeout_secs", seconds("withTimeout", timeout));
   }
 
-  /** Retries of a call that may succeed later (default 3). */
+  /** Retries of a call that may succeed later (default 3; at most 20). */
   public EndpointModel withRetries(int retries) {
-    if (retries < 0 || retries > 3600) {
-      throw new IllegalArgumentException(method("withRetries") + ": " + retries + " is out of range; allowed: 0 to 3600");
+    if (retries < 0 || retries > 20) {
+      throw new IllegalArgumentException(method("withRetries") + ": " + retries + " is out of range; allowed: 0 to 20");
     }
     return with("withRetries", "num_retries", retries);
   }
@@ -64,19 +64,21 @@ public final class EndpointModel extends Model {
 
   /**
    * The environment variable of the Python workers that holds a token, sent as {@code
-   * Authorization: Bearer <token>}; the token itself never travels in the pipeline.
+   * Authorization: Bearer <token>}: one named {@code INFERBRIDGE_ENDPOINT_TOKEN_<NAME>}, so that
+   * a pipeline can read no other variable of the workers. The token never travels in the pipeline.
    */
   public EndpointModel withBearerTokenEnv(String name) {
-    if (name == null || !name.matches("[A-Za-z_][A-Za-z0-9_]*")) {
+    if (name == null || !name.matches("INFERBRIDGE_ENDPOINT_TOKEN_[A-Z0-9_]+")) {
       throw new IllegalArgumentException(
-          method("withBearerTokenEnv") + ": " + quote(name) + " is not an environment variable name; "
-              + "allowed: letters, digits and '_', not starting with a digit");
+          method("withBearerTokenEnv") + ": " + quote(name) + " is not allowed; allowed: names "
+              + "INFERBRIDGE_ENDPOINT_TOKEN_<NAME> (capitals, digits, '_')");
     }
     return with("withBearerTokenEnv", "bearer_token_env", name);
   }
 
   private double seconds(String calling, Duration duration) {
-    if (duration == null || duration.isNegative() || duration.compareTo(LONGEST) > 0) {
+    if (duration == null || duration.isNegative() || duration.compareTo(LONGEST) > 0
+        || ("withTimeout".equals(calling) && duration.isZero())) {
       throw new IllegalArgumentException(
           method(calling) + ": " + duration + " is out of range; allowed: 0 to 1 hour");
     }

@@ -219,7 +219,7 @@ public abstract class Model implements Serializable {
     }
   }
 
-  /** The framework's name in the inference spec: sklearn, pytorch, onnx, handler or registered. */
+  /** The framework's name in the inference spec: sklearn, pytorch, onnx, handler, registered or endpoint. */
   public String getFramework() {
     return framework;
   }

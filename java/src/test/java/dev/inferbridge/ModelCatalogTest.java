@@ -100,7 +100,7 @@ public class ModelCatalogTest {
                 .withTimeout(java.time.Duration.ofSeconds(3))
                 .withRetries(2)
                 .withThrottleDelay(java.time.Duration.ofMillis(500))
-                .withBearerTokenEnv("TOKEN")));
+                .withBearerTokenEnv("INFERBRIDGE_ENDPOINT_TOKEN_A")));
   }
 
   @SuppressWarnings("unchecked")

@@ -42,15 +42,15 @@ public class ModelTest {
         EndpointModel.of("http://127.0.0.1:1/v1/m")
             .withTimeout(java.time.Duration.ofMillis(2500))
             .withRetries(1)
-            .withBearerTokenEnv("TOKEN")
+            .withBearerTokenEnv("INFERBRIDGE_ENDPOINT_TOKEN_A")
             .withOutput(ModelOutput.NUMBER);
-    assertModel(model, "endpoint", "http_json", ModelOutput.NUMBER, "{\"bearer_token_env\":\"TOKEN\",\"num_retries\":1,\"timeout_secs\":2.5}");
+    assertModel(model, "endpoint", "http_json", ModelOutput.NUMBER, "{\"bearer_token_env\":\"INFERBRIDGE_ENDPOINT_TOKEN_A\",\"num_retries\":1,\"timeout_secs\":2.5}");
     assertEquals(
-        "EndpointModel.withRetries(): -1 is out of range; allowed: 0 to 3600",
+        "EndpointModel.withRetries(): -1 is out of range; allowed: 0 to 20",
         message(IllegalArgumentException.class, () -> model.withRetries(-1)));
     assertEquals(
-        "EndpointModel.withBearerTokenEnv(): \"A-B\" is not an environment variable name; allowed: letters, digits and '_', not starting with a digit",
-        message(IllegalArgumentException.class, () -> model.withBearerTokenEnv("A-B")));
+        "EndpointModel.withBearerTokenEnv(): \"AWS_SECRET\" is not allowed; allowed: names INFERBRIDGE_ENDPOINT_TOKEN_<NAME> (capitals, digits, '_')",
+        message(IllegalArgumentException.class, () -> model.withBearerTokenEnv("AWS_SECRET")));
     assertTrue(
         message(IllegalArgumentException.class, () -> model.withSha256("0")).startsWith(
             "EndpointModel.withSha256(): this endpoint model is loaded (or called) by its handler"));
