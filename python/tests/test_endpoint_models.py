@@ -1,15 +1,18 @@
 """Endpoint models: batches POSTed to a real HTTP server on loopback (a fake model endpoint in
 the test), with Beam's retries, failures per row and the load policy's allowed endpoints.
 
-Beam's backoff waits about 5 s (2.5 to 7.5) before a retry, so the retry test takes that long.
+Beam's backoff waits about 5 s (2.5 to 7.5) before a retry, so the retry test takes that long;
+the throttling test waits whole seconds each time the client throttles itself.
 """
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
 from inferbridge import Inference, LoadPolicy, Model
@@ -17,17 +20,22 @@ from inferbridge import Inference, LoadPolicy, Model
 
 class FakeEndpoint:
     """Answers ``{"predictions": [sum of each instance]}``; ``script`` holds (status, body) answers
-    to give first, one per request; it records every request's path, headers and instances."""
+    to give first, one per request, then ``answer`` (by default the sums); it records every
+    request's path, headers and instances, and when it came (``times``, monotonic seconds)."""
 
     def __init__(self):
-        self.requests, self.script = [], []
+        self.requests, self.script, self.times, self.answer = [], [], [], None
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 instances = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
                 endpoint.requests.append((self.path, self.headers.get("Authorization"), instances))
-                status, body = endpoint.script.pop(0) if endpoint.script else (200, {"predictions": [sum(i) for i in instances]})
+                endpoint.times.append(time.monotonic())
+                status, body = (
+                    endpoint.script.pop(0) if endpoint.script
+                    else endpoint.answer or (200, {"predictions": [sum(i) for i in instances]})
+                )
                 payload = json.dumps(body).encode() if not isinstance(body, bytes) else body
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -74,7 +82,7 @@ def test_each_batch_is_one_post_and_every_row_gets_its_prediction(fake, monkeypa
     assert sorted(len(instances) for _, _, instances in fake.requests) == [1, 3, 3]
 
 
-def test_a_call_that_may_succeed_later_is_retried(fake, caplog):
+def test_a_call_that_may_succeed_later_is_retried_after_a_backoff(fake, caplog):
     fake.script = [(503, {"error": "warming up"})]
     with beam.Pipeline() as p:
         result = p | beam.Create(_rows(3)) | Inference(
@@ -86,6 +94,8 @@ def test_a_call_that_may_succeed_later_is_retried(fake, caplog):
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(str(i), i + 1.0) for i in range(3)]))
         assert_that(result.failures, equal_to([]), label="NoFailures")
     assert len(fake.requests) == 2 and fake.requests[0][2] == fake.requests[1][2]
+    # Beam's backoff: the first retry waits 5 s, fuzzed to between 2.5 and 7.5 s.
+    assert fake.times[1] - fake.times[0] >= 2.5
 
 
 def test_a_call_still_failing_after_its_retries_fails_its_rows_together(fake):
@@ -103,6 +113,28 @@ def test_a_call_still_failing_after_its_retries_fails_its_rows_together(fake):
         )
     # One call and its one retry: the rows are not tried in halves against an endpoint that is down.
     assert [len(instances) for _, _, instances in fake.requests] == [4, 4]
+
+
+def test_repeated_failures_make_the_client_throttle_itself_and_count_the_time(fake):
+    fake.answer = (503, {"error": "overloaded"})
+    p = beam.Pipeline()
+    result = p | beam.Create(_rows(10)) | Inference(
+        Model.endpoint(fake.url, output="number", options={"num_retries": 0, "throttle_delay_secs": 1}),
+        key_field="id",
+        feature_fields="f",
+        max_batch_size=1,
+        policy=LoadPolicy(allowed_endpoints=(fake.prefix,)),
+    )
+    assert_that(result.failures | beam.Map(lambda r: (r.key, r.stage)), equal_to([(str(i), "inference") for i in range(10)]))
+    outcome = p.run()
+    outcome.wait_until_finish()
+    # Beam's ReactiveThrottler: after failures in the last second, a call waits before it is sent
+    # (with probability failures/(calls + 1); not waiting before any of these 10 has odds 1/10!).
+    throttled = outcome.metrics().query(MetricsFilter().with_name("cumulativeThrottlingSeconds"))["counters"]
+    assert sum(c.committed for c in throttled) >= 1
+    # Throttled calls are delayed, not dropped: one call per row, each failing its row.
+    assert len(fake.requests) == 10
+    assert fake.times[-1] - fake.times[0] >= 1
 
 
 @pytest.mark.parametrize(
@@ -174,6 +206,8 @@ def test_rows_json_cannot_carry_fail_without_a_call(fake):
 def test_endpoint_options_are_checked_when_the_spec_is_built():
     with pytest.raises(ValueError, match=r"models\[0\].options.timeout_secs='10' must be a number"):
         Inference(Model.endpoint("http://h/m", options={"timeout_secs": "10"}), key_field="id", feature_fields="f")
+    with pytest.raises(ValueError, match=r"models\[0\].options.throttle_delay_secs=0.5 must be an integer"):
+        Inference(Model.endpoint("http://h/m", options={"throttle_delay_secs": 0.5}), key_field="id", feature_fields="f")
     with pytest.raises(ValueError, match=r"models\[0\].options.retries is not an option of endpoint format 'http_json'"):
         Inference(Model.endpoint("http://h/m", options={"retries": 1}), key_field="id", feature_fields="f")
     with pytest.raises(ValueError, match=r"models\[0\].sha256=.* is not taken by a model whose handler loads it itself"):

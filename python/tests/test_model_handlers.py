@@ -9,7 +9,9 @@ import pickle
 import apache_beam as beam
 import numpy as np
 import pytest
+import torch
 from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler, PredictionResult
+from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
 from apache_beam.testing.util import assert_that, equal_to
 from sklearn.linear_model import LinearRegression
@@ -124,6 +126,54 @@ def test_beams_own_handlers_keyed_or_not_serve_the_composite(tmp_path):
         )
 
 
+class MeanEmbedding(torch.nn.Module):
+    """Token ids -> the mean of their (fixed) embeddings: the shape of a text model's input."""
+
+    def __init__(self, vocabulary: int):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocabulary, 1)
+        with torch.no_grad():
+            self.embedding.weight.copy_(torch.arange(vocabulary, dtype=torch.float32).reshape(-1, 1))
+
+    def forward(self, ids):
+        return self.embedding(ids).mean(dim=1).reshape(-1)
+
+
+def test_beams_tensor_handlers_get_tensors_float_or_token_ids(tmp_path):
+    linear = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        linear.bias.zero_()
+    torch.save(linear.state_dict(), tmp_path / "linear.pt")
+    torch.save(MeanEmbedding(10).state_dict(), tmp_path / "embedding.pt")
+    by_value = PytorchModelHandlerTensor(
+        state_dict_path=str(tmp_path / "linear.pt"), model_class=torch.nn.Linear, model_params={"in_features": 2, "out_features": 1}
+    )
+    by_ids = PytorchModelHandlerTensor(
+        state_dict_path=str(tmp_path / "embedding.pt"), model_class=MeanEmbedding, model_params={"vocabulary": 10}
+    )
+    rows = [beam.Row(id="a", f=[1.0, 2.0]), beam.Row(id="b", f=[3.0, 5.0]), beam.Row(id="half", f=[1.5, 2.0])]
+    with beam.Pipeline() as p:
+        values = p | beam.Create(rows)
+        floats = values | "Floats" >> Inference(
+            Model.of(by_value, output="number"), key_field="id", feature_fields="f"
+        )
+        ids = values | "Ids" >> Inference(
+            Model.of(by_ids, output="number", examples="torch_int64"), key_field="id", feature_fields="f"
+        )
+        assert_that(
+            floats.inferences | beam.Map(lambda r: (r.key, round(r.inference, 4))),
+            equal_to([("a", 21.0), ("b", 53.0), ("half", 21.5)]),
+            label="FloatTensors",
+        )
+        assert_that(ids.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([("a", 1.5), ("b", 4.0)]), label="TokenIds")
+        assert_that(
+            ids.failures | beam.Map(lambda r: (r.key, r.stage, r.message)),
+            equal_to([("half", "inference", "models[0].examples='torch_int64' takes whole numbers; got 1.5")]),
+            label="FractionalId",
+        )
+
+
 def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_out):
     v1, paths, _ = versions
     pixels, _ = held_out
@@ -156,6 +206,10 @@ def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_ou
         (Model.of(SklearnModelHandlerNumpy("/m.pkl"), sha256="0" * 64), "models[0].sha256='000"),
         (Model.of(SklearnModelHandlerNumpy("/m.pkl"), output="predict"), "allowed: vector, number"),
         (Model.sklearn("/m.pkl", env_vars={"A=B": "1"}), "models[0].env_vars has the name 'A=B'"),
+        (
+            Model.of(SklearnModelHandlerNumpy("/m.pkl"), examples="tensor"),
+            "models[0].examples='tensor' is not supported; allowed: numpy, torch, torch_int64, list",
+        ),
     ],
 )
 def test_models_given_wrongly_fail_at_construction_naming_what_is_allowed(models, message):

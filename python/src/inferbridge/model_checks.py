@@ -71,10 +71,20 @@ def _check_provided(model: Model, where: str) -> str:
     outputs = {"vector": steps.VECTOR, "number": steps.NUMBER}
     if model.output not in outputs:
         raise ValueError(f"{where}.output={model.output!r} is not supported for a ModelHandler; allowed: vector, number")
-    if model.options:
-        raise ValueError(f"{where}.options={model.options!r} is not taken by a model given as a ModelHandler")
+    unknown = sorted(set(model.options) - {"examples"})
+    if unknown:
+        raise ValueError(
+            f"{where}.options.{unknown[0]} is not taken by a model given as a ModelHandler; allowed: examples"
+        )
+    examples = model.options.get("examples")
+    if examples is not None and examples not in EXAMPLE_KINDS:
+        raise ValueError(f"{where}.examples={examples!r} is not supported; allowed: {', '.join(EXAMPLE_KINDS)}")
     _refuse_file_fields(model, where)
     return outputs[model.output]
+
+
+# What a ModelHandler given as a model gets as each example (``Model.of(examples=...)``).
+EXAMPLE_KINDS = ("numpy", "torch", "torch_int64", "list")
 
 
 def check_handler(handler: Any, what: str) -> None:

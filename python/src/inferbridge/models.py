@@ -181,8 +181,8 @@ class ProvidedModelHandler:
 
     The handler loads its model itself (the load policy governs only the files InferBridge
     opens), takes updates through its ``update_model_path``, and gets each example as a 1-D
-    numpy array of the preprocessed features, at most its ``max_batch_size`` per call. Its
-    results are shaped as every model's are.
+    array of the preprocessed features (``examples``), at most its ``max_batch_size`` per call.
+    Its results are shaped as every model's are.
     """
 
     def __init__(self, model: Model, kind: str, where: str, handler: ModelHandler) -> None:
@@ -190,6 +190,7 @@ class ProvidedModelHandler:
         self._handler = handler
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
+        self._examples = model.options.get("examples") or _default_examples(handler)
 
     @property
     def uri(self) -> str:
@@ -217,7 +218,7 @@ class ProvidedModelHandler:
     def predict_matrix(
         self, features: np.ndarray, model: Any, inference_args: Optional[dict[str, Any]] = None
     ) -> np.ndarray:
-        examples = list(features)
+        examples = _examples(features, self._examples, self._where)
         size = self._max_batch or len(examples) or 1
         outputs = []
         for start in range(0, len(examples), size):
@@ -228,6 +229,36 @@ class ProvidedModelHandler:
             # Beam's handlers give PredictionResults; others may give the inferences themselves.
             outputs += [shaped(getattr(r, "inference", r), self._model, self._kind, self._where) for r in results]
         return stacked(outputs, len(examples), self._model, self._kind, self._where)
+
+# Beam's handlers that stack torch tensors: by default their examples are float32 tensors.
+_TENSOR_HANDLERS = {
+    ("apache_beam.ml.inference.pytorch_inference", "PytorchModelHandlerTensor"),
+    ("apache_beam.ml.inference.huggingface_inference", "HuggingFaceModelHandlerTensor"),
+}
+
+
+def _default_examples(handler: ModelHandler) -> str:
+    # By class name: telling needs no import of torch (or of transformers).
+    classes = {(c.__module__, c.__name__) for c in type(handler).__mro__}
+    return "torch" if classes & _TENSOR_HANDLERS else "numpy"
+
+
+def _examples(features: np.ndarray, kind: str, where: str) -> list[Any]:
+    """The rows of ``features`` as the examples a provided handler takes (``Model.of(examples=)``)."""
+    if kind == "list":
+        return features.tolist()
+    if kind == "numpy":
+        return list(features)
+    import torch
+
+    if kind == "torch":
+        return list(torch.from_numpy(features.astype(np.float32)))
+    # Whole numbers a float64 holds exactly; a row with another value fails alone (halving).
+    whole = np.isfinite(features) & (features == np.round(features)) & (np.abs(features) <= 2**53)
+    if not whole.all():
+        raise ValueError(f"{where}.examples='torch_int64' takes whole numbers; got {float(features[~whole][0])!r}")
+    return list(torch.from_numpy(features.astype(np.int64)))
+
 
 def shaped(value: Any, model: Model, kind: str, where: str) -> Any:
     """One example's result as a numpy scalar (``number``) or a flat 1-D array (``vector``)."""

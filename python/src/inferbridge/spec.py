@@ -262,12 +262,16 @@ class Model:
         return cls(uri, "registered", name, output, options=dict(arguments or {}), **kwargs)
 
     @classmethod
-    def of(cls, handler: Any, *, output: str = "vector", **kwargs: Any) -> "Model":
+    def of(cls, handler: Any, *, output: str = "vector", examples: Optional[str] = None, **kwargs: Any) -> "Model":
         """A Beam ``ModelHandler`` you built, served by the composite (Python pipelines only).
 
-        The composite calls its ``load_model``, its ``run_inference`` with each example as a
-        1-D numpy array of the preprocessed features (at most its ``max_batch_size`` per call),
-        and its ``update_model_path`` for model updates. ``output``: ``vector`` or ``number``.
+        The composite calls its ``load_model``, its ``run_inference`` with each example as a 1-D
+        array of the preprocessed features (at most its ``max_batch_size`` per call), and its
+        ``update_model_path`` for model updates. ``output``: ``vector`` or ``number``.
+        ``examples``: what each example is: ``numpy`` (float64), ``torch`` (a float32 tensor),
+        ``torch_int64`` (an int64 tensor, e.g. token ids for a Hugging Face model; a row with a
+        fractional value fails) or ``list`` (of floats). By default ``torch`` for Beam's
+        PyTorch and Hugging Face tensor handlers, else ``numpy``.
         The model id defaults to the handler's class name.
         """
         if hasattr(handler, "_single_model"):  # a KeyedModelHandler: the composite routes keys
@@ -277,6 +281,8 @@ class Model:
                     f"{len(handler._id_to_mh_map)}; give them as Model.keyed(handler, output=...)"
                 )
             handler = handler._unkeyed
+        if examples is not None:
+            kwargs["options"] = {**kwargs.get("options", {}), "examples": examples}
         return cls(type(handler).__name__, "beam", "instance", output, beam_handler=handler, **kwargs)
 
     @classmethod

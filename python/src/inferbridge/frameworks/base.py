@@ -57,8 +57,9 @@ class Framework:
     # build(model, uri, policy, where): Beam's ModelHandler for the model read from ``uri``,
     # with InferBridge's inference function; it sets no batching.
     build: Callable[[Model, str, LoadPolicy, str], ModelHandler]
-    # load(model, file, policy, where): the model, read from its checked, open file only.
-    load: Callable[[Model, ModelFile, LoadPolicy, str], Any]
+    # load(model, file, policy, where): the model, read from its checked, open file only; None
+    # for a framework whose handler loads (or calls) what the uri names itself (``loads_itself``).
+    load: Optional[Callable[[Model, ModelFile, LoadPolicy, str], Any]]
     # The options of each format, for the catalog (tests/golden/models_v1.json).
     options: Mapping[str, Mapping[str, Option]] = field(default_factory=dict)
     # Formats whose loading cannot run code; every other one loads only from trusted roots.
@@ -75,9 +76,11 @@ class Framework:
     # declared_shape(model, file): the shape of one example (no batch axis) the model file
     # declares, read without loading the model; None when it declares none.
     declared_shape: Optional[Callable[[Model, ModelFile], Optional[tuple[int, ...]]]] = None
-    # Whether the handler ``build`` makes loads (or calls) what the uri names itself: InferBridge
-    # opens no file for it (no existence check, sha256 pin or watch pattern; ``load`` unused).
-    loads_itself: bool = False
+    @property
+    def loads_itself(self) -> bool:
+        """Whether the handler ``build`` makes loads (or calls) what the uri names itself:
+        InferBridge opens no file for it (no existence check, sha256 pin or watch pattern)."""
+        return self.load is None
 
     def runs_code(self, fmt: str) -> bool:
         return fmt not in self.safe_formats

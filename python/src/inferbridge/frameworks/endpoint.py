@@ -16,14 +16,13 @@ makes its workers call anywhere else. The handler itself is ``inferbridge.http_e
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from inferbridge.frameworks.base import VECTOR_OR_NUMBER, Framework, Option, check_options
 
 if TYPE_CHECKING:
     from apache_beam.ml.inference.base import ModelHandler
 
-    from inferbridge.model_files import ModelFile
     from inferbridge.policy import LoadPolicy
     from inferbridge.spec import Model
 
@@ -32,7 +31,8 @@ TOKEN_ENV_PREFIX = "INFERBRIDGE_ENDPOINT_TOKEN_"
 OPTIONS = {
     "timeout_secs": Option(float, help="seconds one call may take (default 30)"),
     "num_retries": Option(int, help="retries of a call that may succeed later (default 3)"),
-    "throttle_delay_secs": Option(float, help="seconds a throttled call waits (default 5)"),
+    # Whole seconds: Beam counts throttled time (cumulativeThrottlingSeconds) in an integer counter.
+    "throttle_delay_secs": Option(int, help="whole seconds a throttled call waits (default 5)"),
     "bearer_token_env": Option(
         str, help=f"the worker environment variable, named {TOKEN_ENV_PREFIX}*, holding a token sent as 'Authorization: Bearer'"
     ),
@@ -64,18 +64,13 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
     return HttpJsonModelHandler(uri, model.options, functools.partial(policy.check_endpoint, where=where), where)
 
 
-def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
-    raise TypeError(f"{where}: an endpoint model is called over HTTP, not loaded from a file")
-
-
 FRAMEWORK = Framework(
     name="endpoint",
     formats=("http_json",),
     outputs=VECTOR_OR_NUMBER,
     check=_check,
     build=_build,
-    load=_load,
+    load=None,
     options={"http_json": OPTIONS},
     safe_formats=("http_json",),
-    loads_itself=True,
 )

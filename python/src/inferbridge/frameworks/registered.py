@@ -34,7 +34,6 @@ from inferbridge.frameworks.base import VECTOR_OR_NUMBER, Framework
 if TYPE_CHECKING:
     from apache_beam.ml.inference.base import ModelHandler
 
-    from inferbridge.model_files import ModelFile
     from inferbridge.policy import LoadPolicy
     from inferbridge.spec import Model
 
@@ -106,11 +105,7 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
     return factory(uri, **model.options)
 
 
-def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
-    raise TypeError(f"{where}: a registered handler loads its model itself, not from a file InferBridge opens")
-
-
 # Formats are the registered names, found when a model names one (so none are listed here).
 FRAMEWORK = Framework(
-    name="registered", formats=(), outputs=VECTOR_OR_NUMBER, check=_check, build=_build, load=_load, loads_itself=True
+    name="registered", formats=(), outputs=VECTOR_OR_NUMBER, check=_check, build=_build, load=None
 )

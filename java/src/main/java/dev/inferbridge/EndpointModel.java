@@ -57,9 +57,17 @@ public final class EndpointModel extends Model {
     return with("withRetries", "num_retries", retries);
   }
 
-  /** How long a call waits when the client throttles itself (default 5 s). */
+  /**
+   * How long a call waits when the client throttles itself, in whole seconds (default 5 s; at
+   * most an hour): throttled time is counted in whole seconds ({@code cumulativeThrottlingSeconds}).
+   */
   public EndpointModel withThrottleDelay(Duration delay) {
-    return with("withThrottleDelay", "throttle_delay_secs", seconds("withThrottleDelay", delay));
+    double seconds = seconds("withThrottleDelay", delay);
+    if (seconds != Math.rint(seconds)) {
+      throw new IllegalArgumentException(
+          method("withThrottleDelay") + ": " + delay + " is not whole seconds; allowed: 0 to 3600 whole seconds");
+    }
+    return with("withThrottleDelay", "throttle_delay_secs", (long) seconds);
   }
 
   /**

@@ -99,7 +99,7 @@ public class ModelCatalogTest {
             EndpointModel.of("http://127.0.0.1:1/v1/m")
                 .withTimeout(java.time.Duration.ofSeconds(3))
                 .withRetries(2)
-                .withThrottleDelay(java.time.Duration.ofMillis(500))
+                .withThrottleDelay(java.time.Duration.ofSeconds(1))
                 .withBearerTokenEnv("INFERBRIDGE_ENDPOINT_TOKEN_A")));
   }
 

@@ -42,9 +42,15 @@ public class ModelTest {
         EndpointModel.of("http://127.0.0.1:1/v1/m")
             .withTimeout(java.time.Duration.ofMillis(2500))
             .withRetries(1)
+            .withThrottleDelay(java.time.Duration.ofSeconds(2))
             .withBearerTokenEnv("INFERBRIDGE_ENDPOINT_TOKEN_A")
             .withOutput(ModelOutput.NUMBER);
-    assertModel(model, "endpoint", "http_json", ModelOutput.NUMBER, "{\"bearer_token_env\":\"INFERBRIDGE_ENDPOINT_TOKEN_A\",\"num_retries\":1,\"timeout_secs\":2.5}");
+    assertModel(
+        model, "endpoint", "http_json", ModelOutput.NUMBER,
+        "{\"bearer_token_env\":\"INFERBRIDGE_ENDPOINT_TOKEN_A\",\"num_retries\":1,\"throttle_delay_secs\":2,\"timeout_secs\":2.5}");
+    assertEquals(
+        "EndpointModel.withThrottleDelay(): PT0.5S is not whole seconds; allowed: 0 to 3600 whole seconds",
+        message(IllegalArgumentException.class, () -> model.withThrottleDelay(java.time.Duration.ofMillis(500))));
     assertEquals(
         "EndpointModel.withRetries(): -1 is out of range; allowed: 0 to 20",
         message(IllegalArgumentException.class, () -> model.withRetries(-1)));
