@@ -143,6 +143,8 @@ def test_repeated_failures_make_the_client_throttle_itself_and_count_the_time(fa
         ((400, {"error": "instances must have 3 values"}), 'answered HTTP 400 Bad Request: {"error": "instances must have 3 values"}'),
         ((200, {"predictions": []}), "answered 0 predictions for 1 instances"),
         ((200, b"<html>"), "answered something other than JSON"),
+        ((200, {"predictions": [{"scores": [0.1]}]}), "the model gave a mapping (keys scores) for an example; allowed: a number"),
+        ((200, {"predictions": ["seven"]}), "the model gave 'seven' for an example; allowed: a number or a list of numbers"),
     ],
 )
 def test_a_call_that_cannot_succeed_fails_its_rows_at_once(fake, answer, message):

@@ -328,6 +328,16 @@ def test_bad_flag_values_from_the_environment_are_named():
     assert "$INFERBRIDGE_PORT='eighty' is not valid for --port" in output
 
 
+def test_a_bad_model_source_flag_is_named_as_the_flag():
+    process = _start("--allow-endpoint=http://user:pw@models.internal/v1/")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert (
+        "--allow-endpoint ($INFERBRIDGE_ALLOWED_ENDPOINTS) holds 'http://user:pw@models.internal/v1/', which holds "
+        "user information" in output
+    )
+
+
 def test_python_path_must_be_a_directory(tmp_path):
     process = _start(f"--python-path={tmp_path / 'missing'}")
     output, _ = process.communicate(timeout=60)

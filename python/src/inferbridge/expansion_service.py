@@ -60,7 +60,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # Importing the composites registers their URNs with Beam.
 from inferbridge import blocks, compat, evaluate, inference, spec  # noqa: F401
 from inferbridge.compat import Refusal
-from inferbridge.policy import MODEL_SOURCE_FLAGS, LoadPolicy
+from inferbridge.policy import MODEL_SOURCE_FLAGS, LoadPolicy, as_flags
 from inferbridge.request_checks import (
     check_components,
     check_configuration,
@@ -708,7 +708,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         config = _service_config(args, policy)
     except ValueError as e:
-        print(f"inferbridge-expansion-service: {e}", file=sys.stderr)
+        print(f"inferbridge-expansion-service: {as_flags(str(e))}", file=sys.stderr)
         return 2
     try:
         server = ExpansionServer(config)

@@ -264,7 +264,16 @@ def shaped(value: Any, model: Model, kind: str, where: str) -> Any:
     """One example's result as a numpy scalar (``number``) or a flat 1-D array (``vector``)."""
     if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
         value = value.detach().cpu()
+    if isinstance(value, Mapping):  # e.g. an endpoint's {"scores": [...]}, or named outputs
+        raise ValueError(
+            f"{where}: the model gave a mapping (keys {', '.join(sorted(map(str, value))[:8])}) for an example; "
+            "allowed: a number or a list of numbers (a handler of your own, Model.of, can pick one output)"
+        )
     array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{where}: the model gave {bounds.shorten(value)} for an example; allowed: a number or a list of numbers"
+        )
     output = f"{where}.output={model.output!r}"
     if kind == steps.NUMBER:
         if array.size != 1:

@@ -54,6 +54,23 @@ MODEL_SOURCE_FLAGS = {
     "its embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)",
 }
 
+# Each field of LoadPolicy, as the service's flag and environment variable that set it.
+FIELD_FLAGS = {
+    "model_roots": f"--model-root (${MODEL_ROOTS_ENV})",
+    "trusted_roots": f"--trusted-model-root (${TRUSTED_ROOTS_ENV})",
+    "allowed_model_classes": f"--allow-model-class (${ALLOWED_CLASSES_ENV})",
+    "allowed_endpoints": f"--allow-endpoint (${ALLOWED_ENDPOINTS_ENV})",
+    "allowed_registered_handlers": f"--allow-registered-handler (${ALLOWED_HANDLERS_ENV})",
+}
+
+
+def as_flags(message: str) -> str:
+    """A LoadPolicy error as the service's user reads it: the flags, not the fields."""
+    for name, flag in FIELD_FLAGS.items():
+        message = message.replace(f"LoadPolicy.{name} ", f"{flag} ")
+    return message
+
+
 _SCHEME = re.compile(r"^([A-Za-z][-A-Za-z0-9+.]*)://")
 
 
