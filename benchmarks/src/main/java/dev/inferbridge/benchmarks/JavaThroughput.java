@@ -72,6 +72,8 @@ import org.apache.beam.sdk.values.TypeDescriptors;
  *   <li>{@code inferbridge-java-rows}: InferBridge's {@link Inference} on Rows {id, segment,
  *       pixels}: key field {@code segment}, {@code Step.scale(1/16)}, {@code PREDICT}.
  *   <li>{@code inferbridge-java-blocks}: the same with {@code withBlockSize(--block-size)}.
+ *   <li>{@code java-baseline}: the same Rows, counted without inference (each row's pixel count
+ *       stands in for its inference): what the Java input and the runner cost on their own.
  * </ul>
  *
  * <p>With {@code --keys=K} (InferBridge only) row {@code n} has segment {@code s<n mod K>}, served
@@ -84,7 +86,8 @@ public final class JavaThroughput {
   static final String STOCK = "stock-java";
   static final String ROWS = "inferbridge-java-rows";
   static final String BLOCKS = "inferbridge-java-blocks";
-  static final List<String> SYSTEMS = Arrays.asList(STOCK, ROWS, BLOCKS);
+  static final String BASELINE = "java-baseline";
+  static final List<String> SYSTEMS = Arrays.asList(BASELINE, STOCK, ROWS, BLOCKS);
 
   static final double PIXEL_SCALE = 1.0 / 16;
   static final String EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE";
@@ -363,6 +366,13 @@ public final class JavaThroughput {
           examples
               .apply("RunInference", runInference.withExpansionService(f.expansionService))
               .apply("Inference", MapElements.into(TypeDescriptors.doubles()).via((Row r) -> (double) r.getInt64("inference")));
+      pipeline.apply("NoFailures", Create.of(0L)).apply("WriteFailureCount", ParDo.of(new WriteText<Long>(failureFile)));
+    } else if (f.system.equals(BASELINE)) {
+      inferences =
+          seeds
+              .apply("Generate", ParDo.of(new GenerateRows(f.digits, f.rows, f.shards, f.keys)))
+              .setRowSchema(DIGIT_ROW)
+              .apply("PixelCount", MapElements.into(TypeDescriptors.doubles()).via((Row r) -> (double) r.getArray("pixels").size()));
       pipeline.apply("NoFailures", Create.of(0L)).apply("WriteFailureCount", ParDo.of(new WriteText<Long>(failureFile)));
     } else {
       PCollection<Row> rows =
