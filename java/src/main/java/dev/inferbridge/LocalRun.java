@@ -18,6 +18,7 @@ import org.apache.beam.sdk.PipelineRunner;
 import org.apache.beam.sdk.fn.server.FnService;
 import org.apache.beam.sdk.fn.server.GrpcFnServer;
 import org.apache.beam.sdk.fn.server.ServerFactory;
+import org.apache.beam.sdk.options.ExperimentalOptions;
 import org.apache.beam.sdk.options.PipelineOptions;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.util.construction.PipelineOptionsTranslation;
@@ -52,7 +53,10 @@ import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
  *       #close()};
  *   <li>the files to stage: none, unless {@code --filesToStage} is given. The Java stages run in
  *       this JVM, which has their classes; Beam would otherwise upload the whole classpath (tens
- *       of megabytes) and leave a zip of each classes directory in the temporary directory.
+ *       of megabytes) and leave a zip of each classes directory in the temporary directory;
+ *   <li>the Java workers' data messages: up to 16 MB ({@code
+ *       --experiments=data_buffer_size_limit=16000000}, unless given), so that a bundle of up to
+ *       ~1.6 GB passes Beam's Flink runner, which otherwise hangs on bundles over ~100 MB.
  * </ul>
  *
  * <p>Call it before {@code Pipeline.create(options)}, which needs the runner and the job service,
@@ -73,6 +77,13 @@ public final class LocalRun implements AutoCloseable {
   // logger is held here, as its filter lives as long as it does.
   private static final Logger ORPHANED_CHANNEL_REPORTS =
       Logger.getLogger(ManagedChannelImplBuilder.class.getPackage().getName() + ".ManagedChannelOrphanWrapper");
+
+  // The most bytes the Java workers put in one data message to the runner. Beam's Flink runner
+  // (2.62) reads a bundle's output only once the bundle is done, through a queue of 100 messages:
+  // with Beam's default (1 MB) a Java stage sending more than ~100 MB in one bundle (in batch mode
+  // a bundle is a whole partition) blocks, and the job hangs. 16 MB messages move that to ~1.6 GB.
+  static final String DATA_BUFFER_SIZE_LIMIT = "data_buffer_size_limit";
+  static final int DATA_BUFFER_BYTES = 16_000_000;
 
   private final GrpcFnServer<WorkerPool> javaWorkers;
 
@@ -131,6 +142,10 @@ public final class LocalRun implements AutoCloseable {
     }
     portable.setDefaultEnvironmentType("EXTERNAL");
     portable.setDefaultEnvironmentConfig(workers.getApiServiceDescriptor().getUrl());
+    ExperimentalOptions experimental = options.as(ExperimentalOptions.class);
+    if (ExperimentalOptions.getExperimentValue(experimental, DATA_BUFFER_SIZE_LIMIT) == null) {
+      ExperimentalOptions.addExperiment(experimental, DATA_BUFFER_SIZE_LIMIT + "=" + DATA_BUFFER_BYTES);
+    }
     return new LocalRun(workers);
   }
 

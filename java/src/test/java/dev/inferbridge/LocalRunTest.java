@@ -18,6 +18,7 @@ import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.apache.beam.runners.portability.PortableRunner;
 import org.apache.beam.sdk.Pipeline;
+import org.apache.beam.sdk.options.ExperimentalOptions;
 import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.testing.CrashingRunner;
@@ -63,6 +64,10 @@ public class LocalRunTest {
       assertEquals("EXTERNAL", options.getDefaultEnvironmentType());
       // Nothing staged: the Java stages run in this JVM.
       assertEquals(Collections.emptyList(), options.getFilesToStage());
+      // Data messages large enough for big bundles on Flink.
+      assertEquals(
+          "16000000",
+          ExperimentalOptions.getExperimentValue(options.as(ExperimentalOptions.class), "data_buffer_size_limit"));
       // The harness's report of the channels it leaves open is dropped.
       LogRecord report = new LogRecord(Level.SEVERE, "Previous channel was garbage collected without being shut down!");
       assertFalse(Logger.getLogger("org.apache.beam.vendor.grpc.v1p69p0.io.grpc.internal.ManagedChannelOrphanWrapper")
@@ -101,11 +106,15 @@ public class LocalRunTest {
   @Test
   public void givenOptionsWinOverTheEnvironment() throws Exception {
     PortablePipelineOptions options =
-        options("--runner=PortableRunner", "--jobEndpoint=jobs.internal:8099", "--filesToStage=/opt/extra.jar");
+        options(
+            "--runner=PortableRunner", "--jobEndpoint=jobs.internal:8099", "--filesToStage=/opt/extra.jar",
+            "--experiments=data_buffer_size_limit=4000000");
     try (LocalRun local = LocalRun.start(options, env(LocalRun.JOB_ENDPOINT_ENV, JOBS))) {
       assertEquals(PortableRunner.class, options.getRunner());
       assertEquals("jobs.internal:8099", options.getJobEndpoint());
       assertEquals(Collections.singletonList("/opt/extra.jar"), options.getFilesToStage());
+      assertEquals(
+          Collections.singletonList("data_buffer_size_limit=4000000"), options.as(ExperimentalOptions.class).getExperiments());
     }
   }
 
