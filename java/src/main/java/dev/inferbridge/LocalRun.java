@@ -18,8 +18,10 @@ import org.apache.beam.sdk.PipelineRunner;
 import org.apache.beam.sdk.fn.server.FnService;
 import org.apache.beam.sdk.fn.server.GrpcFnServer;
 import org.apache.beam.sdk.fn.server.ServerFactory;
+import org.apache.beam.sdk.options.Default;
 import org.apache.beam.sdk.options.ExperimentalOptions;
 import org.apache.beam.sdk.options.PipelineOptions;
+import org.apache.beam.sdk.options.PipelineOptionsFactory;
 import org.apache.beam.sdk.options.PortablePipelineOptions;
 import org.apache.beam.sdk.util.construction.PipelineOptionsTranslation;
 import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.internal.ManagedChannelImplBuilder;
@@ -84,6 +86,25 @@ public final class LocalRun implements AutoCloseable {
   // a bundle is a whole partition) blocks, and the job hangs. 16 MB messages move that to ~1.6 GB.
   static final String DATA_BUFFER_SIZE_LIMIT = "data_buffer_size_limit";
   static final int DATA_BUFFER_BYTES = 16_000_000;
+
+  static {
+    PipelineOptionsFactory.register(FlinkBundleOptions.class);
+  }
+
+  /**
+   * {@code --maxBundleSize}: the most elements in one bundle of a streaming job on Flink (the
+   * Flink job server reads it from the job's options; default 1000, as Flink's own). With Beam's
+   * Flink runner (2.62), which reads a bundle's output only once the bundle is done, a bundle must
+   * send at most ~1.6 GB: bound it here, and split sources into elements that each expand to little
+   * (a 10M-row job ran with {@code --streaming --maxBundleSize=20}). Registered when this class is
+   * loaded ({@link #withDefaults} loads it before the arguments are parsed).
+   */
+  public interface FlinkBundleOptions extends PipelineOptions {
+    @Default.Long(1000)
+    Long getMaxBundleSize();
+
+    void setMaxBundleSize(Long size);
+  }
 
   private final GrpcFnServer<WorkerPool> javaWorkers;
 

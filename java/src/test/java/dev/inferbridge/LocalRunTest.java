@@ -89,6 +89,15 @@ public class LocalRunTest {
   }
 
   @Test
+  public void argumentsMayBoundFlinkBundles() {
+    LocalRun.FlinkBundleOptions options =
+        PipelineOptionsFactory.fromArgs(
+                LocalRun.withDefaults(new String[] {"--maxBundleSize=20"}, env(LocalRun.JOB_ENDPOINT_ENV, JOBS)))
+            .as(LocalRun.FlinkBundleOptions.class);
+    assertEquals(Long.valueOf(20), options.getMaxBundleSize());
+  }
+
+  @Test
   public void closeStopsTheWorkerPool() throws Exception {
     PortablePipelineOptions options = options();
     LocalRun.start(options, env(LocalRun.JOB_ENDPOINT_ENV, JOBS)).close();

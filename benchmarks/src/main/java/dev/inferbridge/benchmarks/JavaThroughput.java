@@ -34,6 +34,7 @@ import org.apache.beam.sdk.transforms.Create;
 import org.apache.beam.sdk.transforms.DoFn;
 import org.apache.beam.sdk.transforms.MapElements;
 import org.apache.beam.sdk.transforms.ParDo;
+import org.apache.beam.sdk.transforms.Reshuffle;
 import org.apache.beam.sdk.values.PCollection;
 import org.apache.beam.sdk.values.Row;
 import org.apache.beam.sdk.values.TypeDescriptors;
@@ -113,6 +114,7 @@ public final class JavaThroughput {
   static final AtomicLong LAST_RESULT_NANOS = new AtomicLong();
 
   private JavaThroughput() {}
+
 
   /** The benchmark's own flags; every other {@code --flag=value} goes to Beam's options. */
   static final class Flags {
@@ -227,7 +229,15 @@ public final class JavaThroughput {
     out.put("shards", flags.shards);
     out.put("poll_ms", flags.pollMillis);
 
-    PipelineOptions options = PipelineOptionsFactory.fromArgs(flags.beamArgs.toArray(new String[0])).create();
+    PipelineOptions options;
+    try {
+      options = PipelineOptionsFactory.fromArgs(LocalRun.withDefaults(flags.beamArgs.toArray(new String[0]))).create();
+    } catch (IllegalArgumentException | IllegalStateException e) {
+      out.put("error", e.getMessage());
+      System.out.println(Json.object(out));
+      System.exit(2);
+      return;
+    }
     LocalRun javaWorkers;
     try {
       javaWorkers = LocalRun.start(options);
@@ -348,7 +358,10 @@ public final class JavaThroughput {
     for (long s = 0; s < f.shards; s++) {
       shards.add(s);
     }
-    PCollection<Long> seeds = pipeline.apply("Seeds", Create.of(shards).withCoder(VarLongCoder.of()));
+    // Redistributed, so each seed's rows are generated in a bundle of their own runner's choosing:
+    // created seeds would otherwise all expand in the one bundle that created them.
+    PCollection<Long> seeds =
+        pipeline.apply("Seeds", Create.of(shards).withCoder(VarLongCoder.of())).apply("Spread", Reshuffle.viaRandomKey());
     PCollection<Double> inferences;
     if (f.system.equals(STOCK)) {
       PCollection<Iterable<Double>> examples =
