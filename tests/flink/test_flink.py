@@ -9,6 +9,7 @@ import pickle
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,38 @@ ROOT = Path(__file__).resolve().parents[2]
 def expansion(digits_examples_dir):
     with expansion_service(service_args=[f"--trusted-model-root={digits_examples_dir}"]) as address:
         yield address
+
+
+def test_a_million_packed_rows_in_one_batch_bundle_complete_exactly(digits_dir, expansion, flink, tmp_path):
+    """Beam's Flink runner reads a bundle's output only once the bundle ends; in batch mode a
+    bundle is a whole partition. One million packed rows (~260 MB per partition) hung with 1 MB
+    data messages; LocalRun's 16 MB messages let them through."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_models
+
+    job_endpoint, _ = flink
+    rows = 1_000_000
+    digits_csv = tmp_path / "digits.csv"
+    bench_models.write_digits_csv(str(digits_csv))
+    classpath = (ROOT / "benchmarks/build/runtime-classpath.txt").read_text().strip()
+    result = subprocess.run(
+        [
+            "java", "-cp", classpath, "dev.inferbridge.benchmarks.JavaThroughput", "--system=inferbridge-java-blocks",
+            f"--rows={rows}", f"--digits={digits_csv}", f"--model={digits_dir / 'digits.pkl'}", "--block-size=1000",
+        ],
+        env={**os.environ, "INFERBRIDGE_EXPANSION_SERVICE": expansion, "INFERBRIDGE_JOB_ENDPOINT": job_endpoint},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    # Row n is digit n mod 1797: the sum of the predictions is known from scikit-learn.
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        predictions = pickle.load(f).predict(bench_models.digits_features()).astype(int)
+    cycles, rest = divmod(rows, len(predictions))
+    assert (measured["count"], measured["failures"]) == (rows, 0)
+    assert measured["inference_sum"] == cycles * predictions.sum() + predictions[:rest].sum()
 
 
 def test_digits_example_on_flink_matches_scikit_learn(java_classpath, digits_dir, expansion, flink, tmp_path):
