@@ -248,8 +248,8 @@ def main() -> int:
         for workload in args.workloads:
             print(f"{workload}:", flush=True)
             for system in args.systems:
-                if language(system) == "java" and (workload == "torch" or (system in ("stock-java", "java-baseline") and workload != "digits")):
-                    continue  # the Java benchmark runs scikit-learn models; Beam's wrapper maps no keys; one baseline
+                if language(system) == "java" and (workload == "torch" or (system == "stock-java" and workload != "digits")):
+                    continue  # the Java benchmark runs scikit-learn models; Beam's wrapper maps no keys
                 results.append(run_system(system, workload, rows_for(system, workload, sizes), work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
