@@ -244,6 +244,7 @@ class _Prepare(beam.DoFn):
         self._single = len(spec.models) == 1 and not spec.models[0].keys
         self._index = {m.id: i for i, m in enumerate(spec.models)}
         self._block_rows = spec.max_batch_size or default_batch_rows(spec)
+        self._part_rows = layout.part_rows if layout.gathers else None
         self._pads = spec.variable_length == "pad"
         self._pad_steps = [(s.name, *s.resolve(steps.PREPROCESS)) for s in spec.preprocess] if self._pads else []
 
@@ -257,40 +258,50 @@ class _Prepare(beam.DoFn):
     def start_bundle(self) -> None:
         for counter in (self._rows_in, *self._failed.values()):
             counter.inc(0)  # reported as 0 until it counts
-        # Rows and their timestamps (microseconds) per windows, until a block is full.
+        # Rows (in parts the layout makes of them, then as they came) and their timestamps
+        # (microseconds) per windows, until a block is full.
         self._pending: dict[tuple, tuple[list, list]] = {}
         self._windows: Optional[tuple] = None
+        self._gathering: Optional[tuple[list, list]] = None  # the pending rows of self._windows
 
     def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterable[Any]:
         # The whole WindowedValue, not TimestampParam/WindowParam: Beam would rebuild the
-        # arguments of every call for those.
+        # arguments of every call for those. Called once per row, it returns rather than
+        # yields: that spares Beam a generator per row.
         if not self._layout.gathers:
-            for part in self._layout.split(element):
-                yield from self._blocks(part, lambda: self._layout.read(part), 1, None, windowed.timestamp, windowed.windows)
-            return
+            return self._split(element, windowed)
         windows = windowed.windows
         if windows is not self._windows:  # most rows share the windows of the one before
-            self._rows, self._micros = self._pending.setdefault(tuple(windows), ([], []))
+            self._gathering = self._pending.setdefault(tuple(windows), ([], []))
             self._windows = windows
-        self._rows.append(element)
-        self._micros.append(windowed.timestamp_micros)
-        if len(self._rows) >= self._block_rows:
-            windows = tuple(windows)
-            rows, micros = self._pending.pop(windows)
-            self._windows = None
-            yield from self._gathered(rows, micros, windows)
+        rows, micros = self._gathering
+        rows.append(element)
+        micros.append(windowed.timestamp_micros)
+        gathered = len(micros)
+        if not gathered % self._part_rows:  # the layout keeps what it needs of the last rows
+            rows[-self._part_rows :] = [self._layout.gather(rows[-self._part_rows :])]
+        if gathered < self._block_rows:
+            return ()
+        windows = tuple(windows)
+        del self._pending[windows]
+        self._windows = self._gathering = None
+        return self._gathered(rows, micros, windows)
 
     def finish_bundle(self) -> Iterable[Any]:
-        pending, self._pending, self._windows = self._pending, {}, None
+        pending, self._pending, self._windows, self._gathering = self._pending, {}, None, None
         for windows, (rows, micros) in pending.items():
             yield from self._gathered(rows, micros, windows)
+
+    def _split(self, element: Any, windowed: WindowedValue) -> Iterable[Any]:
+        for part in self._layout.split(element):
+            yield from self._blocks(part, lambda: self._layout.read(part), 1, None, windowed.timestamp, windowed.windows)
 
     def _gathered(self, rows: list, micros: list, windows: tuple) -> Iterable[Any]:
         # A block holds rows of the same windows; its own timestamp is its earliest row's.
         earliest, latest = min(micros), max(micros)
         timestamps = None if earliest == latest else np.asarray(micros, dtype=np.int64)
         yield from self._blocks(
-            rows, lambda: self._layout.read(rows), len(rows), timestamps, Timestamp(micros=earliest), windows
+            rows, lambda: self._layout.read(rows), len(micros), timestamps, Timestamp(micros=earliest), windows
         )
 
     def _blocks(self, element: Any, read, count: int, timestamps: Any, timestamp: Timestamp, window: tuple) -> Iterable[Any]:
@@ -336,6 +347,7 @@ class _Prepare(beam.DoFn):
                 positions,
                 timestamp,
                 None if columns.timestamps is None else take(columns.timestamps, positions),
+                len(window),
             )
             yield WindowedValue(block, timestamp, window)
 
@@ -430,6 +442,12 @@ class _Finish(beam.DoFn):
             yield from elements
         for row, failure in sorted(failed.items()):
             yield self._failure(failure, block, row, windows)
+        if block.windows == 1:
+            # Finished in its only window. Beam holds on to the last element of each step until
+            # the next one comes: what the block kept of its rows (for failure descriptions) and
+            # its outputs go now, or they would live long enough to reach the oldest generation
+            # of the garbage collector, whose full collections would then dominate.
+            block.describe = block.passthrough = block.outcome = None
 
     def _failure(self, failed: Failed, block: Block, row: int, windows: tuple):
         self._failed[failed.stage].inc()

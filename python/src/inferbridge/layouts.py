@@ -21,6 +21,9 @@ from __future__ import annotations
 import numbers
 import pickle
 import typing
+from bisect import bisect_right
+from itertools import accumulate, chain
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -77,14 +80,17 @@ class Columns:
 
 class Block:
     """Rows on their way through the models: columns, the feature matrix, the index (in
-    spec.models) of the model that serves each row (None: the only model), and once the models
-    ran, their ``engine.Outcome``."""
+    spec.models) of the model that serves each row (None: the only model), the number of
+    windows the rows are in, and once the models ran, their ``engine.Outcome``."""
 
-    __slots__ = ("keys", "features", "models", "passthrough", "describe", "positions", "timestamp", "timestamps", "outcome")
+    __slots__ = (
+        "keys", "features", "models", "passthrough", "describe", "positions", "timestamp", "timestamps", "windows", "outcome"
+    )
 
-    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp, timestamps=None) -> None:
+    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp, timestamps=None, windows=1) -> None:
         self.keys, self.features, self.models, self.passthrough = keys, features, models, passthrough
         self.describe, self.positions, self.timestamp, self.timestamps = describe, positions, timestamp, timestamps
+        self.windows = windows
         self.outcome = None
 
     def model_index(self, row: int) -> int:
@@ -129,23 +135,88 @@ def value(column: Any, i: int) -> Any:
 
 def _objects(values: Sequence[Any]) -> np.ndarray:
     """One object per row (numpy would make nested lists a matrix)."""
-    column = np.empty(len(values), dtype=object)
-    for i, item in enumerate(values):
-        column[i] = item
-    return column
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _floats(values: list) -> np.ndarray:
+    """``np.asarray(values, dtype=np.float64)``; lists of one length are read in one pass over
+    their items (numpy's own reading goes over them twice: for the shape, then the values)."""
+    if set(map(type, values)) == {list} and len(widths := set(map(len, values))) == 1:
+        width = widths.pop()
+        try:
+            return np.fromiter(chain.from_iterable(values), np.float64, len(values) * width).reshape(len(values), width)
+        except (TypeError, ValueError):  # items that are sequences themselves, or no numbers
+            pass
+    return np.asarray(values, dtype=np.float64)
 
 
 # --- Rows -----------------------------------------------------------------------------------------
 
 
-class _RowList:
-    """Describes a gathered Row, for its failure Row: its fields, as JSON."""
+class _Part:
+    """Rows gathered for a block, by field: the values of each field of beam.Rows that have the
+    same fields (the common case), else the rows as they came.
+
+    Keeping the values rather than the Rows lets each Row and its dict go at once: rows wait to
+    fill a block, then in Beam's batching until the next block comes, and the more objects live
+    that long, the more often the garbage collector runs full collections, whose cost then
+    dominates. The values are the rows' own objects: rows are read, and described in failure
+    Rows, exactly as they came.
+    """
 
     def __init__(self, rows: list) -> None:
-        self._rows = rows
+        self.size = len(rows)
+        names = _shared_fields(rows)
+        if names:
+            fields = list(map(vars, rows))
+            self._fields: Optional[dict[str, list]] = {name: list(map(itemgetter(name), fields)) for name in names}
+            self._rows: list = []
+        else:
+            self._fields, self._rows = None, rows
+
+    def values(self, name: str) -> list:
+        """A field's value in each row (KeyError or AttributeError: a row without the field)."""
+        if self._fields is None:
+            return [getattr(row, name) for row in self._rows]
+        return self._fields[name]
+
+    def rows(self) -> list:
+        """The rows: beam.Rows made again from the values of their fields, if those were kept."""
+        if self._fields is None:
+            return self._rows
+        return [beam.Row(**dict(zip(self._fields, values))) for values in zip(*self._fields.values())]
+
+    def describe(self, i: int) -> str:
+        if self._fields is None:
+            return describe_element(self._rows[i])
+        return describe_element({name: column[i] for name, column in self._fields.items()})
+
+
+def _shared_fields(rows: list) -> Optional[tuple]:
+    """The field names, in order, of beam.Rows that all have the same; else None."""
+    if set(map(type, rows)) != {beam.Row}:
+        return None
+    names = set(map(tuple, map(vars, rows)))
+    return names.pop() if len(names) == 1 else None
+
+
+class _Gathered:
+    """The rows of a block, from their parts: a field's values, the rows, and (called with a
+    row's position) the row described for its failure Row."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self._parts = parts
+        self._ends = list(accumulate(part.size for part in parts))
+
+    def values(self, name: str) -> list:
+        return list(chain.from_iterable(part.values(name) for part in self._parts))
+
+    def rows(self) -> list:
+        return list(chain.from_iterable(part.rows() for part in self._parts))
 
     def __call__(self, i: int) -> str:
-        return describe_element(self._rows[i])
+        k = bisect_right(self._ends, i)
+        return self._parts[k].describe(i - (self._ends[k - 1] if k else 0))
 
 
 class RowLayout:
@@ -159,36 +230,47 @@ class RowLayout:
     keeps_inputs = True
     one_model_per_block = False
     output_type = None
+    # Rows gathered for a block are made a part (see _Part) every this many: few enough that
+    # the garbage collector (by default every 700 new objects) seldom runs while they are Rows.
+    part_rows = 128
 
     def __init__(self, spec: InferenceSpec, convert_key: bool) -> None:
         self._spec = spec
         self._convert_key = convert_key
 
-    def read(self, rows: list) -> Columns:
+    def gather(self, rows: list) -> _Part:
+        return _Part(rows)
+
+    def read(self, items: list) -> Columns:
+        """Reads a block from its gathered rows: the parts ``gather`` made, then the rows since."""
+        parts = [item for item in items if type(item) is _Part]
+        if len(parts) < len(items):
+            parts.append(_Part(items[len(parts) :]))
+        gathered = _Gathered(parts)
         try:
-            columns = self._read_all(rows)
+            columns = self._read_all(gathered)
         except Exception:  # noqa: BLE001 - some row is bad: read each, to say which and why
             columns = None
-        return columns or self._read_each(rows)
+        return columns or self._read_each(gathered.rows(), gathered)
 
-    def _read_all(self, rows: list) -> Optional[Columns]:
+    def _read_all(self, gathered: _Gathered) -> Optional[Columns]:
         """Every row at once, for the common case: no nulls, numbers of one shape."""
         spec = self._spec
-        keys = [getattr(row, spec.key_field) for row in rows]
+        keys = gathered.values(spec.key_field)
         if None in keys:
             return None
-        arrays = [np.asarray([getattr(row, name) for row in rows], dtype=np.float64) for name in spec.feature_fields]
+        arrays = [_floats(gathered.values(name)) for name in spec.feature_fields]
         if len(arrays) == 1:
-            matrix = arrays[0] if arrays[0].ndim > 1 else arrays[0].reshape(len(rows), 1)
+            matrix = arrays[0] if arrays[0].ndim > 1 else arrays[0].reshape(len(keys), 1)
         else:
-            matrix = np.hstack([a.reshape(len(rows), -1) for a in arrays])
+            matrix = np.hstack([a.reshape(len(keys), -1) for a in arrays])
         # NaN may stand for a null inside an array, and an empty array has nothing to predict on.
         if matrix.size == 0 or matrix.shape[1] == 0 or np.isnan(matrix).any():
             return None
-        passthrough = {name: _objects([getattr(row, name) for row in rows]) for name in spec.passthrough_fields}
-        return Columns(len(rows), self._keys(keys), [(np.arange(len(rows)), matrix)], passthrough, {}, _RowList(rows))
+        passthrough = {name: _objects(gathered.values(name)) for name in spec.passthrough_fields}
+        return Columns(len(keys), self._keys(keys), [(np.arange(len(keys)), matrix)], passthrough, {}, gathered)
 
-    def _read_each(self, rows: list) -> Columns:
+    def _read_each(self, rows: list, describe: Callable[[int], str]) -> Columns:
         spec = self._spec
         keys: list[Any] = [None] * len(rows)
         passthrough: dict[str, list] = {name: [None] * len(rows) for name in spec.passthrough_fields}
@@ -217,7 +299,7 @@ class RowLayout:
             (np.array([i for i, _ in members]), np.stack([x for _, x in members])) for members in shapes.values()
         ]
         return Columns(
-            len(rows), self._keys(keys), groups, {n: _objects(v) for n, v in passthrough.items()}, bad, _RowList(rows)
+            len(rows), self._keys(keys), groups, {n: _objects(v) for n, v in passthrough.items()}, bad, describe
         )
 
     def _keys(self, keys: list) -> np.ndarray:
