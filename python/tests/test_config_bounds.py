@@ -46,7 +46,7 @@ LONG_NAME = NAME + "n"
 @pytest.mark.parametrize("field", ["key_field", "metrics_namespace"])
 def test_names_at_and_over_their_length(field):
     spec(**{field: NAME})
-    refused(lambda: spec(**{field: LONG_NAME}), f"{field}='nnnn", f"(257 characters) is too long: at most 256")
+    refused(lambda: spec(**{field: LONG_NAME}), f"{field}='nnnn", "(257 characters) is too long: at most 256")
 
 
 @pytest.mark.parametrize("field", ["feature_fields", "passthrough_fields"])

@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from sklearn.linear_model import LinearRegression
 
 from inferbridge import Inference, InferenceSpec, LoadPolicy, Model, Step
-from test_inference_streaming import refresh_stream, streaming_pipeline, versions  # noqa: F401
+from test_inference_streaming import refresh_stream, streaming_pipeline, versions  # noqa: F401 (fixtures)
 
 
 class WeightedSum(ModelHandler):
@@ -174,7 +174,7 @@ def test_beams_tensor_handlers_get_tensors_float_or_token_ids(tmp_path):
         )
 
 
-def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_out):
+def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_out):  # noqa: F811 (the fixture)
     v1, paths, _ = versions
     pixels, _ = held_out
     with streaming_pipeline() as p:

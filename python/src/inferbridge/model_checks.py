@@ -65,6 +65,10 @@ def _check_env_vars(model: Model, where: str) -> None:
             raise ValueError(f"{where}.env_vars.{name}={value!r} must be a string (without NUL)")
 
 
+# What a ModelHandler given as a model gets as each example (``Model.of(examples=...)``).
+EXAMPLE_KINDS = ("numpy", "torch", "torch_int64", "list")
+
+
 def _check_provided(model: Model, where: str) -> str:
     """Checks a model given as a Beam ModelHandler instance (``Model.of``)."""
     check_handler(model.beam_handler, f"{where}.beam_handler")
@@ -81,10 +85,6 @@ def _check_provided(model: Model, where: str) -> str:
         raise ValueError(f"{where}.examples={examples!r} is not supported; allowed: {', '.join(EXAMPLE_KINDS)}")
     _refuse_file_fields(model, where)
     return outputs[model.output]
-
-
-# What a ModelHandler given as a model gets as each example (``Model.of(examples=...)``).
-EXAMPLE_KINDS = ("numpy", "torch", "torch_int64", "list")
 
 
 def check_handler(handler: Any, what: str) -> None:

@@ -13,7 +13,7 @@ import numbers
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from inferbridge import bounds, frameworks, model_checks, steps
 from inferbridge.bounds import shorten
@@ -292,10 +292,7 @@ class Model:
         composite applies each one's): one model per mapping, serving its keys (as strings), its
         model id the mapping's first key; or one model serving every key."""
         if isinstance(handler, (list, tuple)):
-            return tuple(
-                Model.of(m.mh, output=output, model_id=str(m.keys[0]), keys=[str(k) for k in m.keys])
-                for m in handler
-            )
+            return _mapped_models(((m.keys[0], m.mh, m.keys) for m in handler), output)
         return _handler_models(handler, output)
 
     @property
@@ -478,12 +475,20 @@ def _handler_models(handler: Any, output: str = "vector") -> tuple["Model", ...]
     the keys of its KeyModelMapping (as strings) and the first key as its model id."""
     if getattr(handler, "_single_model", True):  # one model, keyed or not
         return (Model.of(handler, output=output),)
-    keys: dict[str, list[str]] = {}
+    keys: dict[str, list] = {}
     for key, model_id in handler._key_to_id_map.items():
-        keys.setdefault(model_id, []).append(str(key))
+        keys.setdefault(model_id, []).append(key)
+    return _mapped_models(
+        ((model_id, inner, keys.get(model_id, ())) for model_id, inner in handler._id_to_mh_map.items()), output
+    )
+
+
+def _mapped_models(mappings: Iterable[tuple[Any, Any, Sequence]], output: str) -> tuple["Model", ...]:
+    """One model per ``(model_id, handler, keys)`` of a Beam key-model mapping, its id and keys
+    as strings."""
     return tuple(
-        Model.of(inner, output=output, model_id=str(model_id), keys=keys.get(model_id, ()))
-        for model_id, inner in handler._id_to_mh_map.items()
+        Model.of(inner, output=output, model_id=str(model_id), keys=[str(k) for k in keys])
+        for model_id, inner, keys in mappings
     )
 
 
