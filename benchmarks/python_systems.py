@@ -125,7 +125,7 @@ def inferbridge_pipeline(p, workload: str, rows: int, models: dict, by_rows: boo
     def one_row_per_element(_):
         for start, count, x in slices(rows):
             keys = row_keys(start, count) if keyed else range(start, start + count)
-            yield from (beam.Row(key=k, features=list(v)) for k, v in zip(keys, x))
+            yield from (beam.Row(key=k, features=v) for k, v in zip(keys, x.tolist()))
 
     root = models["root"]
     if workload == "torch":
