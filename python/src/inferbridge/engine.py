@@ -374,10 +374,15 @@ class BlockModels(ModelHandler):
             )
             if v is not None
         }
-        # Without a size range, batches hold a fixed number of rows, which spares Beam's
-        # adaptive batch sizing its per-batch regression (blocks are already big).
-        if "min_batch_size" not in batching and "max_batch_size" not in batching:
-            batching["min_batch_size"] = batching["max_batch_size"] = default_batch_rows(spec)
+        # Batches hold a fixed number of rows. Beam's batching aims between min and max and
+        # takes no element bigger than its aim: it emits an empty batch before it, and in
+        # windowed pipelines soon fails fitting those (numpy's LinAlgError); blocks hold up to
+        # max_batch_size rows (input blocks: any number). Beam's stateful batching
+        # (max_batch_duration_secs) counts elements and never emits an empty batch: it gets the
+        # sizes given, if any.
+        if spec.max_batch_duration_secs is None or not {"min_batch_size", "max_batch_size"} & batching.keys():
+            rows = spec.max_batch_size or max(default_batch_rows(spec), spec.min_batch_size or 0)
+            batching["min_batch_size"] = batching["max_batch_size"] = rows
         self._batching = {**batching, "element_size_fn": _rows_of}
 
     def check_example_shape(self, shape: tuple[int, ...], origin: str) -> None:

@@ -17,6 +17,7 @@ from apache_beam.coders import RowCoder
 from apache_beam.metrics import Metrics
 from apache_beam.portability.api import external_transforms_pb2
 from apache_beam.transforms.external import NamedTupleBasedPayloadBuilder
+from apache_beam.transforms.window import FixedWindows, GlobalWindows, Sessions
 from apache_beam.typehints.row_type import RowTypeConstraint
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -170,7 +171,9 @@ class Inference(beam.PTransform):
         if shape is not None:
             handler.check_example_shape(shape, f"feature_fields {list(spec.feature_fields)}")
 
-        prepared = elements | "Prepare" >> beam.ParDo(_Prepare(spec, layout)).with_output_types(
+        # Rows that may be in several windows are prepared once per window (see _PrepareEachWindow).
+        prepare = _Prepare if type(elements.windowing.windowfn) in _ONE_WINDOW_FNS else _PrepareEachWindow
+        prepared = elements | "Prepare" >> beam.ParDo(prepare(spec, layout)).with_output_types(
             Block
         ).with_outputs(FAILURES_TAG, main="blocks")
         run = run_inference(spec, handler, model_metadata(spec, updates)).with_output_types(Block)
@@ -232,11 +235,17 @@ def run_inference(spec: InferenceSpec, handler: ModelHandler, metadata: Optional
 
 # --- Stage 1: elements -> blocks of rows, by model and shape --------------------------------------
 
+# Window functions that put each element in exactly one window (not their subclasses: those may not).
+_ONE_WINDOW_FNS = (GlobalWindows, FixedWindows, Sessions)
+
 
 class _Prepare(beam.DoFn):
     """Reads elements into blocks (gathering Rows of a bundle, per window), fails the rows it
     cannot read or route, and splits the rest by feature shape. With ``variable_length="pad"``
-    the preprocess steps run here, per row, and the rows are padded after them."""
+    the preprocess steps run here, per row, and the rows are padded after them.
+
+    Only for elements in one window each (see ``_PrepareEachWindow``): blocks and failures are
+    in the windows of the element being processed."""
 
     def __init__(self, spec: InferenceSpec, layout: Any) -> None:
         self._spec = spec
@@ -259,7 +268,7 @@ class _Prepare(beam.DoFn):
         for counter in (self._rows_in, *self._failed.values()):
             counter.inc(0)  # reported as 0 until it counts
         # Rows (in parts the layout makes of them, then as they came) and their timestamps
-        # (microseconds) per windows, until a block is full.
+        # (microseconds) per window, until a block is full.
         self._pending: dict[tuple, tuple[list, list]] = {}
         self._windows: Optional[tuple] = None
         self._gathering: Optional[tuple[list, list]] = None  # the pending rows of self._windows
@@ -297,7 +306,7 @@ class _Prepare(beam.DoFn):
             yield from self._blocks(part, lambda: self._layout.read(part), 1, None, windowed.timestamp, windowed.windows)
 
     def _gathered(self, rows: list, micros: list, windows: tuple) -> Iterable[Any]:
-        # A block holds rows of the same windows; its own timestamp is its earliest row's.
+        # A block holds rows of one window; its own timestamp is its earliest row's.
         earliest, latest = min(micros), max(micros)
         timestamps = None if earliest == latest else np.asarray(micros, dtype=np.int64)
         yield from self._blocks(
@@ -347,7 +356,6 @@ class _Prepare(beam.DoFn):
                 positions,
                 timestamp,
                 None if columns.timestamps is None else take(columns.timestamps, positions),
-                len(window),
             )
             yield WindowedValue(block, timestamp, window)
 
@@ -403,6 +411,16 @@ class _Prepare(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILURES_TAG, WindowedValue(row, timestamp, window))
 
 
+class _PrepareEachWindow(_Prepare):
+    """``_Prepare`` where an element may be in several windows (sliding windows, other window
+    functions): taking the window makes Beam call it once per window of an element. Called once
+    for an element in N windows, Beam would emit each block and failure of the call N times
+    (it multiplies the windows of every WindowedValue a call outputs by the element's)."""
+
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam, window=beam.DoFn.WindowParam) -> Iterable[Any]:
+        return super().process(element, windowed)
+
+
 # --- Stage 3: outcomes -> output elements ---------------------------------------------------------
 
 
@@ -442,12 +460,11 @@ class _Finish(beam.DoFn):
             yield from elements
         for row, failure in sorted(failed.items()):
             yield self._failure(failure, block, row, windows)
-        if block.windows == 1:
-            # Finished in its only window. Beam holds on to the last element of each step until
-            # the next one comes: what the block kept of its rows (for failure descriptions) and
-            # its outputs go now, or they would live long enough to reach the oldest generation
-            # of the garbage collector, whose full collections would then dominate.
-            block.describe = block.passthrough = block.outcome = None
+        # Finished (a block is in one window). Beam holds on to the last element of each step
+        # until the next one comes: what the block kept of its rows (for failure descriptions)
+        # and its outputs go now, or they would live long enough to reach the oldest generation
+        # of the garbage collector, whose full collections would then dominate.
+        block.describe = block.passthrough = block.outcome = None
 
     def _failure(self, failed: Failed, block: Block, row: int, windows: tuple):
         self._failed[failed.stage].inc()

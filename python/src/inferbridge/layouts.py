@@ -79,18 +79,15 @@ class Columns:
 
 
 class Block:
-    """Rows on their way through the models: columns, the feature matrix, the index (in
-    spec.models) of the model that serves each row (None: the only model), the number of
-    windows the rows are in, and once the models ran, their ``engine.Outcome``."""
+    """Rows of one window on their way through the models: columns, the feature matrix, the
+    index (in spec.models) of the model that serves each row (None: the only model), and once
+    the models ran, their ``engine.Outcome``."""
 
-    __slots__ = (
-        "keys", "features", "models", "passthrough", "describe", "positions", "timestamp", "timestamps", "windows", "outcome"
-    )
+    __slots__ = ("keys", "features", "models", "passthrough", "describe", "positions", "timestamp", "timestamps", "outcome")
 
-    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp, timestamps=None, windows=1) -> None:
+    def __init__(self, keys, features, models, passthrough, describe, positions, timestamp, timestamps=None) -> None:
         self.keys, self.features, self.models, self.passthrough = keys, features, models, passthrough
         self.describe, self.positions, self.timestamp, self.timestamps = describe, positions, timestamp, timestamps
-        self.windows = windows
         self.outcome = None
 
     def model_index(self, row: int) -> int:
