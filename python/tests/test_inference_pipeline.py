@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from inferbridge import Inference, Model, Step
+from inferbridge import Inference, InferenceSpec, Model, Step
+from inferbridge.engine import BlockModels
 from inferbridge.inference import FAILURE_ROW, output_row_type
 from inferbridge.policy import LoadPolicy
 
@@ -264,7 +265,17 @@ def test_metrics_count_rows_per_stage_and_model(model_files, held_out, trusting)
     assert distributions["model_digits_batch_latency_micros"].count >= 1
 
 
-def test_batching_by_duration_uses_beams_stateful_batching(model_files, digits_model, held_out, trusting):
+@pytest.mark.parametrize(
+    "batching",
+    [
+        pytest.param({"max_batch_size": 8, "max_batch_duration_secs": 0.5}, id="max_and_duration"),
+        pytest.param({"min_batch_size": 8, "max_batch_size": 8, "max_batch_duration_secs": 0.5}, id="fixed_and_duration"),
+        pytest.param({"max_batch_duration_secs": 0.5}, id="duration_only"),
+    ],
+)
+def test_a_batch_duration_on_bounded_input_serves_every_row(model_files, digits_model, held_out, trusting, batching):
+    """On bounded input the duration is not passed to Beam: its stateful batching, on Beam's
+    bundle-based DirectRunner, lost every row (none served, or the run failed)."""
     pixels, _ = held_out
     rows = [beam.Row(id=i, pixels=[float(v) for v in pixels[i]]) for i in range(20)]
     p = beam.Pipeline()
@@ -273,16 +284,24 @@ def test_batching_by_duration_uses_beams_stateful_batching(model_files, digits_m
         key_field="id",
         feature_fields="pixels",
         preprocess=[Step("scale", factor=1 / 16)],
-        max_batch_size=8,
-        max_batch_duration_secs=0.5,
         policy=trusting,
+        **batching,
     )
     expected = digits_model.predict(pixels[:20] / 16)
     assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to([(i, float(v)) for i, v in enumerate(expected)]))
     run = p.run()
     run.wait_until_finish()
     sizes = [d.committed for d in run.metrics().query()["distributions"] if d.key.metric.name == "model_digits_batch_size_examples"]
-    assert sizes and max(s.max for s in sizes) <= 8
+    assert sizes and sum(s.sum for s in sizes) == 20
+    assert max(s.max for s in sizes) <= batching.get("max_batch_size", 1024)
+
+
+def test_a_batch_duration_reaches_beams_batching_on_unbounded_input_only(model_files, trusting):
+    spec = InferenceSpec(
+        key_field="id", feature_fields="x", models=Model.sklearn(model_files["pickle"]), max_batch_size=8, max_batch_duration_secs=0.5
+    )
+    assert BlockModels(spec, trusting).batch_elements_kwargs()["max_batch_duration_secs"] == 0.5
+    assert "max_batch_duration_secs" not in BlockModels(spec, trusting, bounded=True).batch_elements_kwargs()
 
 
 def test_steps_run_in_the_order_given(model_files, trusting):

@@ -350,7 +350,7 @@ class BlockModels(ModelHandler):
     ``variable_length="pad"`` the preprocess steps run before padding, as rows are read.
     """
 
-    def __init__(self, spec: InferenceSpec, policy: LoadPolicy, keep_inputs: bool = False) -> None:
+    def __init__(self, spec: InferenceSpec, policy: LoadPolicy, keep_inputs: bool = False, bounded: bool = False) -> None:
         super().__init__()
         self._slots = {m.id: ModelSlot(spec, m, policy, f"models[{i}]") for i, m in enumerate(spec.models)}
         pre, post = resolved_steps(spec)
@@ -365,12 +365,17 @@ class BlockModels(ModelHandler):
         self._limit = spec.max_models_per_worker
         self._namespace = spec.metrics_namespace
         self._keep_inputs = keep_inputs
+        # On bounded input a batch never waits (it closes with its bundle), so the duration is
+        # not passed on: Beam's stateful batching it would switch to loses every element a step
+        # emits at the end of its bundle on Beam's bundle-based DirectRunner (which runs
+        # pipelines with its real-time timer), as InferBridge's steps do.
+        duration = None if bounded else spec.max_batch_duration_secs
         batching = {
             k: v
             for k, v in (
                 ("min_batch_size", spec.min_batch_size),
                 ("max_batch_size", spec.max_batch_size),
-                ("max_batch_duration_secs", spec.max_batch_duration_secs),
+                ("max_batch_duration_secs", duration),
             )
             if v is not None
         }
@@ -380,7 +385,7 @@ class BlockModels(ModelHandler):
         # max_batch_size rows (input blocks: any number). Beam's stateful batching
         # (max_batch_duration_secs) counts elements and never emits an empty batch: it gets the
         # sizes given, if any.
-        if spec.max_batch_duration_secs is None or not {"min_batch_size", "max_batch_size"} & batching.keys():
+        if duration is None or not {"min_batch_size", "max_batch_size"} & batching.keys():
             rows = spec.max_batch_size or max(default_batch_rows(spec), spec.min_batch_size or 0)
             batching["min_batch_size"] = batching["max_batch_size"] = rows
         self._batching = {**batching, "element_size_fn": _rows_of}

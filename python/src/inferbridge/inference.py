@@ -163,7 +163,7 @@ class Inference(beam.PTransform):
         layout, output_type = self._layout(elements.element_type)
         policy = self._policy or _load_policy or LoadPolicy.from_env()
         # Building the handler checks each model against the policy, before its file is looked at.
-        handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs)
+        handler = BlockModels(spec, policy, keep_inputs=layout.keeps_inputs, bounded=elements.is_bounded)
         for i, model in enumerate(spec.models):
             if model.has_file:
                 _check_model_exists(f"models[{i}]", model, policy)
