@@ -382,3 +382,15 @@ def test_other_environments_start_no_worker_pool_and_are_given_to_the_expanded_s
     payloads = [env.payload for env in response.components.environments.values()]
     assert any(b"workers.example:50000" in p for p in payloads), output
     assert "Python stages run in: --environment_type=EXTERNAL --environment_config=workers.example:50000" in output
+
+
+def test_the_local_job_services_runner_sends_stage_inputs_without_a_flush_thread():
+    """Beam's runner flushed its streams to workers from a thread every second, clearing what it
+    wrote meanwhile: whole messages of a large stage input were lost with no error."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    from inferbridge.local_services import job_service
+
+    with job_service() as address:
+        assert address
+        assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0

@@ -23,6 +23,7 @@ from typing import Iterator, Optional, Sequence
 
 import grpc
 from apache_beam.runners.portability import local_job_service
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 from inferbridge import healthcheck
 from inferbridge.policy import MODEL_SOURCE_FLAGS
@@ -100,6 +101,13 @@ class _LoopbackJobServicer(local_job_service.LocalJobServicer):
 @contextlib.contextmanager
 def job_service(port: int = 0) -> Iterator[str]:
     """Runs Beam's local (portable, batch) job service in this process; yields its address."""
+    # Beam's runner (FnApiRunner) sends a stage's input to a worker through a stream that a thread
+    # flushes every DATA_BUFFER_TIME_LIMIT_MS (1000): the flush sends what it holds, then clears
+    # the buffer without holding off the runner's writes, so what the runner wrote meanwhile is
+    # lost unsent (data_plane.TimeBasedBufferingClosableOutputStream): a 1M-row Java pipeline lost
+    # whole messages of its blocks, with no error. At 0 the runner's thread alone writes its
+    # streams and sends each in one message (protobuf's 2 GiB bound then applies to a stage input).
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     servicer = _LoopbackJobServicer()
     bound = servicer.start_grpc_server(port)
     try:
