@@ -14,18 +14,7 @@ from sklearn.dummy import DummyRegressor
 from inferbridge import Inference, Model
 from inferbridge.engine import describe_element
 from inferbridge.policy import LoadPolicy
-
-
-class _RaisesOnNegative:
-    """A model that fails any batch holding a negative value."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def predict(self, x):
-        if (x < 0).any():
-            raise ArithmeticError("negative feature")
-        return self._model.predict(x)
+from test_inference_failures import _RaisesOnNegative
 
 
 def _picky_model(tmp_path, width=4):
