@@ -6,9 +6,10 @@
 Systems: ``raw`` (the model called in a loop on 1000-row slices: the limit), ``stock-python``
 (Beam's RunInference with its scikit-learn / PyTorch handlers, one numpy row per element) and
 ``inferbridge-python`` (InferBridge's BlockInference on 1000-row Arrow record batches) and
-``inferbridge-python-rows`` (InferBridge's Inference, one Row per element). Rows are
-generated inside the pipeline by cycling through the scaled digits; every system gets the same
-rows. The time is the wall time of building and running the pipeline on the DirectRunner.
+``inferbridge-python-rows`` (InferBridge's Inference, one Row per element: the element's key and
+the numpy row stock-python gets, ``beam.Row(key=k, features=x[i])``). Rows are generated inside
+the pipeline by cycling through the scaled digits; every system gets the same rows. The time is
+the wall time of building and running the pipeline on the DirectRunner.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def inferbridge_pipeline(p, workload: str, rows: int, models: dict, by_rows: boo
     def one_row_per_element(_):
         for start, count, x in slices(rows):
             keys = row_keys(start, count) if keyed else range(start, start + count)
-            yield from (beam.Row(key=k, features=v) for k, v in zip(keys, x.tolist()))
+            yield from (beam.Row(key=k, features=v) for k, v in zip(keys, x))
 
     root = models["root"]
     if workload == "torch":

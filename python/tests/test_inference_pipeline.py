@@ -120,6 +120,32 @@ def test_rows_carry_the_preprocessed_example_and_passthrough_fields(model_files,
         )
 
 
+@pytest.mark.parametrize("with_a_bad_row", [False, True], ids=["all-good", "one-null-row"])
+def test_rows_of_numpy_arrays_get_their_examples_as_numpy_arrays(model_files, digits_model, held_out, trusting, with_a_bad_row):
+    # A Row's features as a numpy array (as a Beam user's numpy rows are) come back as a float64
+    # array: the example after the steps, not a list of 64 Python floats made per row. A block
+    # with an unreadable row is read row by row; its other rows get arrays all the same.
+    pixels, _ = held_out
+    rows = [beam.Row(id=i, pixels=pixels[i].astype(np.int64 if i % 2 else np.float64)) for i in range(6)]
+    if with_a_bad_row:
+        rows[3] = beam.Row(id=3, pixels=None)
+    served = [i for i in range(6) if not (with_a_bad_row and i == 3)]
+    expected = digits_model.predict(pixels[served] / 16)
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows, reshuffle=False) | Inference(
+            Model.sklearn(model_files["pickle"]),
+            key_field="id",
+            feature_fields="pixels",
+            preprocess=[Step("scale", factor=1 / 16)],
+            policy=trusting,
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, type(r.example).__name__, str(r.example.dtype), list(r.example), r.inference)),
+            equal_to([(i, "ndarray", "float64", list(pixels[i] / 16), float(v)) for i, v in zip(served, expected)]),
+        )
+        assert_that(result.failures | beam.Map(lambda f: (f.key, f.stage)), equal_to([("3", "input")] if with_a_bad_row else []), label="failures")
+
+
 def test_several_numeric_fields_are_concatenated_into_the_features(model_files, digits_model, held_out, trusting):
     pixels, _ = held_out
     rows = [beam.Row(id=i, top=[float(v) for v in pixels[i][:32]], bottom=[float(v) for v in pixels[i][32:]]) for i in range(5)]

@@ -356,6 +356,7 @@ class _Prepare(beam.DoFn):
                 positions,
                 timestamp,
                 None if columns.timestamps is None else take(columns.timestamps, positions),
+                columns.arrays,
             )
             yield WindowedValue(block, timestamp, window)
 
