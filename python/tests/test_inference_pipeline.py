@@ -143,6 +143,12 @@ def test_rows_of_numpy_arrays_get_their_examples_as_numpy_arrays(model_files, di
             result.inferences | beam.Map(lambda r: (r.key, type(r.example).__name__, str(r.example.dtype), list(r.example), r.inference)),
             equal_to([(i, "ndarray", "float64", list(pixels[i] / 16), float(v)) for i, v in zip(served, expected)]),
         )
+        # Encoded by the output's RowCoder (a reshuffle), the array becomes the schema's list.
+        assert_that(
+            result.inferences | beam.Reshuffle() | beam.Map(lambda r: (r.key, r.example)),
+            equal_to([(i, list(pixels[i] / 16)) for i in served]),
+            label="encoded",
+        )
         assert_that(result.failures | beam.Map(lambda f: (f.key, f.stage)), equal_to([("3", "input")] if with_a_bad_row else []), label="failures")
 
 
