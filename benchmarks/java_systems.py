@@ -5,8 +5,9 @@
 
 Systems: ``stock-java`` (Beam's Java RunInference wrapper, against Beam's stock Python
 expansion service with its loopback worker pool), ``inferbridge-java-blocks`` (InferBridge's
-Java ``Inference`` with ``withBlockSize(1000)``), ``inferbridge-java-rows`` (one Row per
-element) and ``java-baseline`` (the same Rows counted without inference: the Java input and the
+Java ``Inference`` with ``withBlockSize(1000)``), ``inferbridge-java-feature-blocks`` (the same
+rows made as ``FeatureBlock``s of 1000 for ``Inference.overBlocks``, the block-level Java API),
+``inferbridge-java-rows`` (one Row per element) and ``java-baseline`` (the same Rows counted without inference: the Java input and the
 runner alone), each a ``JavaThroughput`` pipeline on Beam's local portable job service. The time is
 the pipeline's construction (with the cross-language expansion) plus its run until the last
 result is written; the job service's fixed five-second teardown after that is left out.
@@ -106,7 +107,14 @@ def run(system: str, workload: str, rows: int, models: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", required=True, choices=("java-baseline", "stock-java", "inferbridge-java-blocks", "inferbridge-java-rows"))
+    parser.add_argument(
+        "--system",
+        required=True,
+        choices=(
+            "java-baseline", "stock-java", "inferbridge-java-blocks", "inferbridge-java-feature-blocks",
+            "inferbridge-java-rows",
+        ),
+    )
     parser.add_argument("--workload", required=True, choices=("digits", "keyed", "keyed-bounded"))
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--models", required=True, help="the JSON file written by run.py")

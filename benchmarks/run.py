@@ -7,8 +7,8 @@ For each workload (digits: scikit-learn logistic regression, overhead-bound; tor
 multilayer perceptron, compute-bound; keyed: four keyed models; keyed-bounded: four keys, at
 most two models resident per worker) and each system (raw model loop, Beam's Python
 RunInference, InferBridge's Python BlockInference and its row-per-element Inference, Beam's Java
-RunInference wrapper, InferBridge's Java Inference with packed blocks, and by rows) it runs the system in a fresh process tree and
-records rows/s, the sum of the peak RSS of the tree's processes, and the p50/p95 time of one
+RunInference wrapper, InferBridge's Java Inference with packed blocks, on FeatureBlocks, and by
+rows) it runs the system in a fresh process tree and records rows/s, the sum of the peak RSS of the tree's processes, and the p50/p95 time of one
 model call on one batch (recorded by the models themselves). Results go to
 ``benchmarks/results/latest.json`` (a list of objects), ``latest.md`` (the table, with ratios to
 the raw loop and to the stock system of the same language) and ``latest.png`` (a chart).
@@ -42,7 +42,9 @@ SIZES = {
 }
 PYTHON_SYSTEMS = ("raw", "stock-python", "inferbridge-python", "inferbridge-python-rows")
 # java-baseline: the Java systems' input without inference; their "x raw" is against it.
-JAVA_SYSTEMS = ("java-baseline", "stock-java", "inferbridge-java-blocks", "inferbridge-java-rows")
+JAVA_SYSTEMS = (
+    "java-baseline", "stock-java", "inferbridge-java-blocks", "inferbridge-java-feature-blocks", "inferbridge-java-rows"
+)
 RAW_OF = {"python": "raw", "java": "java-baseline"}
 # (InferBridge's Python rows run as many rows as stock-python: its ratio to stock compares rates at
 # one size, where fixed costs weigh the same.)

@@ -164,6 +164,40 @@ def test_packed_blocks_isolate_a_bad_row(java_classpath, digits_dir, services, t
     assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]
 
 
+def test_feature_blocks_give_the_same_predictions(java_classpath, digits_dir, services, tmp_path):
+    # The block-level Java API: the example hands Inference.overBlocks arrays of 100 rows.
+    predictions = tmp_path / "predictions.csv"
+    result = run_java(
+        java_classpath, services, f"--modelDir={digits_dir}", "--featureBlockSize=100", f"--predictionsFile={predictions}"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "failures=0" in result.stdout.splitlines()
+    with open(digits_dir / "digits.pkl", "rb") as f:
+        model = pickle.load(f)
+    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
+
+
+def test_feature_blocks_isolate_a_row_the_model_cannot_take(java_classpath, digits_dir, services, tmp_path):
+    # A NaN pixel, which scikit-learn's LogisticRegression refuses: that row fails alone, in a
+    # block of 100, and the block's other 99 rows are served.
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    with open(digits_dir / "test_rows.csv") as f:
+        rows = list(csv.reader(f))
+    rows[1][rows[0].index("pixel_3")] = "NaN"
+    with open(data / "test_rows.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    failures = tmp_path / "failures.jsonl"
+    result = run_java(java_classpath, services, f"--modelDir={data}", "--featureBlockSize=100", f"--failuresFile={failures}")
+    assert result.returncode == 1  # the example exits 1 when rows are missing from its accuracy
+    lines = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert [(f["stage"], f["error_type"], f["key"]) for f in lines] == [("inference", "ValueError", rows[1][0])]
+    assert "NaN" in lines[0]["message"]
+    assert json.loads(lines[0]["element"])["features"][3] == "NaN"
+    assert "failures=1" in result.stdout.splitlines()
+    assert f"rows={len(rows) - 2}" in result.stdout.strip().splitlines()[-1]
+
+
 DIGITS_PROBA = '''
 import numpy as np
 from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy

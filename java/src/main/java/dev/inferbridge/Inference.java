@@ -357,6 +357,44 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   }
 
   /**
+   * This inference on {@link FeatureBlock}s rather than Rows: many rows per element, as the
+   * arrays a reader already holds, with no per-row work in Java. Keys are all {@code keyType};
+   * the inference Rows are {@code key}, {@code inference}, {@code model_id} (as with {@link
+   * #withBlockSize}, which this path shares past the packing), and every row a model cannot
+   * serve (a NaN feature, an unmapped key, a failing step) is a failure Row of its own.
+   *
+   * <pre>{@code
+   * PCollection<FeatureBlock> blocks = ...; // e.g. FeatureBlock.of(ids, pixels, 64) per Parquet row group
+   * InferenceResult result = blocks.apply(
+   *     Inference.of(SklearnModel.pickle("/models/digits.pkl")).overBlocks(FeatureBlock.KeyType.INT64));
+   * }</pre>
+   *
+   * <p>A block carries its own keys and features: withKeyField, withFeatureField(s),
+   * withPassthroughFields and withBlockSize do not apply and are refused.
+   */
+  public BlockInference overBlocks(FeatureBlock.KeyType keyType) {
+    if (keyType == null) {
+      throw new IllegalArgumentException("overBlocks(): keyType must be INT64 or STRING, got null");
+    }
+    String method = "overBlocks(" + keyType + ")";
+    if (config.get(KEY_FIELD) != null || config.get(FEATURE_FIELDS) != null
+        || !config.get(PASSTHROUGH_FIELDS).isEmpty() || config.get(BLOCK_SIZE) != null) {
+      throw new IllegalArgumentException(
+          "Inference: " + method + ": a FeatureBlock carries its own keys and features; remove "
+              + "withKeyField(), withFeatureField(s)(), withPassthroughFields() and withBlockSize(), "
+              + "which are for Rows");
+    }
+    Inference blocks =
+        new Inference(
+            config
+                .with(KEY_FIELD, Blocks.KEY)
+                .with(FEATURE_FIELDS, Collections.singletonList(Blocks.FEATURES))
+                .with(FEATURE_METHOD, "withFeatureField"));
+    blocks.checkBlocks(method);
+    return new BlockInference(blocks, keyType);
+  }
+
+  /**
    * The longest a batch waits to fill up; switches to Beam's stateful batching, for streaming
    * pipelines.
    */
@@ -543,7 +581,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     String keyField = config.get(KEY_FIELD);
     List<String> passthroughFields = config.get(PASSTHROUGH_FIELDS);
     if (config.get(BLOCK_SIZE) != null) {
-      checkBlocks();
+      checkBlocks("withBlockSize(" + config.get(BLOCK_SIZE) + ")");
       return Blocks.unpackedSchema(inputSchema, keyField, inferenceKind(), passthroughFields);
     }
     FieldType keyType =
@@ -576,11 +614,8 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
       throw new IllegalArgumentException(
           "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
     }
-    String service = config.get(EXPANSION_SERVICE);
-    PythonEnvironment python = config.get(LOCAL_PYTHON);
-    ServiceCredentials credentials =
-        ExpansionService.credentials("Inference", service, python, config.get(SERVICE_CREDENTIALS));
-    String endpoint = ExpansionService.resolve("Inference", service, python);
+    ServiceCredentials credentials = credentials();
+    String endpoint = endpoint();
     if (config.get(BLOCK_SIZE) != null) {
       return expandBlocks(input, expected, credentials, endpoint);
     }
@@ -601,17 +636,42 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   private InferenceResult expandBlocks(
       PCollection<Row> input, Schema expected, ServiceCredentials credentials, String endpoint) {
     Schema schema = input.getSchema();
+    PackBlocks pack =
+        new PackBlocks(
+            schema, config.get(KEY_FIELD), config.get(FEATURE_FIELDS), config.get(PASSTHROUGH_FIELDS),
+            config.get(BLOCK_SIZE), BLOCKS_TAG, PACK_FAILURES_TAG);
+    PCollectionTuple packed =
+        input.apply("PackBlocks", ParDo.of(pack).withOutputTags(BLOCKS_TAG, TupleTagList.of(PACK_FAILURES_TAG)));
+    return inferBlocks(
+        packed.get(BLOCKS_TAG).setRowSchema(pack.blockSchema()), packed.get(PACK_FAILURES_TAG), schema, expected,
+        credentials, endpoint);
+  }
+
+  /** {@link BlockInference}'s expansion: {@link FeatureBlock}s to block Rows in Java, then as {@link #inferBlocks}. */
+  InferenceResult expandFeatureBlocks(PCollection<FeatureBlock> input, FeatureBlock.KeyType keyType) {
+    Schema rows = FeatureBlockRows.rowSchema(keyType);
+    Schema blockSchema = Blocks.inputSchema(rows, Blocks.KEY, Collections.emptyList());
+    PCollectionTuple packed =
+        input.apply(
+            "FeatureBlocks",
+            ParDo.of(new FeatureBlockRows(blockSchema, keyType, BLOCKS_TAG, PACK_FAILURES_TAG))
+                .withOutputTags(BLOCKS_TAG, TupleTagList.of(PACK_FAILURES_TAG)));
+    return inferBlocks(
+        packed.get(BLOCKS_TAG).setRowSchema(blockSchema), packed.get(PACK_FAILURES_TAG), rows,
+        Blocks.unpackedSchema(rows, Blocks.KEY, inferenceKind(), Collections.emptyList()), credentials(), endpoint());
+  }
+
+  /**
+   * Block Rows (of {@link Blocks#inputSchema} for Rows of {@code schema}) to result blocks in
+   * Python, result blocks to the {@code expected} inference Rows in Java; the failures of the
+   * packing ({@code packFailures}) and Python's are one PCollection.
+   */
+  private InferenceResult inferBlocks(
+      PCollection<Row> blocks, PCollection<Row> packFailures, Schema schema, Schema expected,
+      ServiceCredentials credentials, String endpoint) {
     InferenceKind kind = inferenceKind();
     String keyField = config.get(KEY_FIELD);
     List<String> passthroughFields = config.get(PASSTHROUGH_FIELDS);
-    PackBlocks pack =
-        new PackBlocks(
-            schema, keyField, config.get(FEATURE_FIELDS), passthroughFields, config.get(BLOCK_SIZE), BLOCKS_TAG,
-            PACK_FAILURES_TAG);
-    PCollectionTuple packed =
-        input.apply("PackBlocks", ParDo.of(pack).withOutputTags(BLOCKS_TAG, TupleTagList.of(PACK_FAILURES_TAG)));
-    PCollection<Row> blocks = packed.get(BLOCKS_TAG).setRowSchema(pack.blockSchema());
-    PCollection<Row> packFailures = packed.get(PACK_FAILURES_TAG);
     PCollectionTuple outputs =
         applyExternal(
             "RunInferenceBlocks", InferenceConfig.RUN_INFERENCE_BLOCKS_URN, externalInput(blocks), credentials, endpoint);
@@ -646,7 +706,16 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     PCollection<Row> failures =
         PCollectionList.of(packFailures).and(pythonFailures).apply("Failures", Flatten.pCollections());
     failures.setCoder(pythonFailures.getCoder());
-    return new InferenceResult(input.getPipeline(), inferences, failures);
+    return new InferenceResult(blocks.getPipeline(), inferences, failures);
+  }
+
+  private ServiceCredentials credentials() {
+    return ExpansionService.credentials(
+        "Inference", config.get(EXPANSION_SERVICE), config.get(LOCAL_PYTHON), config.get(SERVICE_CREDENTIALS));
+  }
+
+  private String endpoint() {
+    return ExpansionService.resolve("Inference", config.get(EXPANSION_SERVICE), config.get(LOCAL_PYTHON));
   }
 
   /** Rows with the fields of {@code schema} in its order, taken by name. */
@@ -741,26 +810,28 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return output;
   }
 
-  /** The settings the packed-blocks path cannot serve. */
-  private void checkBlocks() {
+  /** The settings the packed-blocks path ({@code method}: withBlockSize or overBlocks) cannot serve. */
+  private void checkBlocks(String method) {
     InferenceKind kind = inferenceKind();
     List<Step> postprocess = config.get(POSTPROCESS);
-    Integer blockSize = config.get(BLOCK_SIZE);
     if (!Blocks.supports(kind)) {
       String from =
           postprocess.isEmpty()
               ? "the model output " + config.get(MODELS).get(0).getOutput()
               : "the postprocessing step '" + postprocess.get(postprocess.size() - 1).getName() + "'";
       throw new IllegalArgumentException(
-          "Inference: withBlockSize(" + blockSize + ") cannot carry an inference of kind " + kind.wireName()
+          "Inference: " + method + " cannot carry an inference of kind " + kind.wireName()
               + " (" + Blocks.describe(kind.fieldType()) + ", from " + from + "); blocks carry vector, number, integer and "
-              + "label inferences; remove withBlockSize() to use the row path, which carries every kind");
+              + "label inferences; "
+              + (config.get(BLOCK_SIZE) != null
+                  ? "remove withBlockSize() to use the row path, which carries every kind"
+                  : "end the postprocessing with a step that gives one of these"));
     }
     for (String field : config.get(PASSTHROUGH_FIELDS)) {
       if (Blocks.FIELDS.contains(field)) {
         throw new IllegalArgumentException(
             "Inference: withPassthroughFields(\"" + field + "\") clashes with a field of the blocks of "
-                + "withBlockSize(" + blockSize + "): " + String.join(", ", Blocks.FIELDS)
+                + method + ": " + String.join(", ", Blocks.FIELDS)
                 + "; rename the input field, or remove withBlockSize() to use the row path");
       }
     }

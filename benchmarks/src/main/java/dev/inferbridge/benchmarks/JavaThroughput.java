@@ -1,5 +1,6 @@
 package dev.inferbridge.benchmarks;
 
+import dev.inferbridge.FeatureBlock;
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
 import dev.inferbridge.LocalRun;
@@ -73,6 +74,9 @@ import org.apache.beam.sdk.values.TypeDescriptors;
  *   <li>{@code inferbridge-java-rows}: InferBridge's {@link Inference} on Rows {id, segment,
  *       pixels}: key field {@code segment}, {@code Step.scale(1/16)}, {@code PREDICT}.
  *   <li>{@code inferbridge-java-blocks}: the same with {@code withBlockSize(--block-size)}.
+ *   <li>{@code inferbridge-java-feature-blocks}: the same rows made as {@link FeatureBlock}s of
+ *       {@code --block-size} rows (keys and pixels in arrays, no Row per row) for {@link
+ *       Inference#overBlocks}: the block-level Java API.
  *   <li>{@code java-baseline}: the same Rows, counted without inference (each row's pixel count
  *       stands in for its inference): what the Java input and the runner cost on their own.
  * </ul>
@@ -87,8 +91,9 @@ public final class JavaThroughput {
   static final String STOCK = "stock-java";
   static final String ROWS = "inferbridge-java-rows";
   static final String BLOCKS = "inferbridge-java-blocks";
+  static final String FEATURE_BLOCKS = "inferbridge-java-feature-blocks";
   static final String BASELINE = "java-baseline";
-  static final List<String> SYSTEMS = Arrays.asList(BASELINE, STOCK, ROWS, BLOCKS);
+  static final List<String> SYSTEMS = Arrays.asList(BASELINE, STOCK, ROWS, BLOCKS, FEATURE_BLOCKS);
 
   static final double PIXEL_SCALE = 1.0 / 16;
   static final String EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE";
@@ -388,11 +393,19 @@ public final class JavaThroughput {
               .apply("PixelCount", MapElements.into(TypeDescriptors.doubles()).via((Row r) -> (double) r.getArray("pixels").size()));
       pipeline.apply("NoFailures", Create.of(0L)).apply("WriteFailureCount", ParDo.of(new WriteText<Long>(failureFile)));
     } else {
-      PCollection<Row> rows =
-          seeds
-              .apply("Generate", ParDo.of(new GenerateRows(f.digits, f.rows, f.shards, f.keys)))
-              .setRowSchema(DIGIT_ROW);
-      InferenceResult result = rows.apply("Inference", inferBridge(f));
+      InferenceResult result;
+      if (f.system.equals(FEATURE_BLOCKS)) {
+        result =
+            seeds
+                .apply("Generate", ParDo.of(new GenerateBlocks(f.digits, f.rows, f.shards, f.keys, f.blockSize)))
+                .apply("Inference", inferBridge(f).overBlocks(FeatureBlock.KeyType.STRING));
+      } else {
+        PCollection<Row> rows =
+            seeds
+                .apply("Generate", ParDo.of(new GenerateRows(f.digits, f.rows, f.shards, f.keys)))
+                .setRowSchema(DIGIT_ROW);
+        result = rows.apply("Inference", inferBridge(f));
+      }
       inferences =
           result
               .getInferences()
@@ -417,11 +430,10 @@ public final class JavaThroughput {
         models.add(SklearnModel.pickle(path).withModelId("m" + i).withKeys(segment(i)));
       }
     }
-    Inference inference =
-        Inference.of(models)
-            .withKeyField("segment")
-            .withFeatureField("pixels")
-            .withPreprocess(Step.scale(PIXEL_SCALE));
+    Inference inference = Inference.of(models).withPreprocess(Step.scale(PIXEL_SCALE));
+    if (!f.system.equals(FEATURE_BLOCKS)) {
+      inference = inference.withKeyField("segment").withFeatureField("pixels");
+    }
     if (f.maxModels > 0) {
       inference = inference.withMaxModelsPerWorker(f.maxModels);
     }
@@ -547,6 +559,54 @@ public final class JavaThroughput {
     @Override
     Row make(long n, List<Double> pixels) {
       return Row.withSchema(DIGIT_ROW).addValues(n, segment(n % keys), pixels).build();
+    }
+  }
+
+  /**
+   * {@code inferbridge-java-feature-blocks}' input: the same rows as {@link GenerateRows}, as
+   * blocks of {@code blockSize} (the pixels of a block copied from the digits' arrays).
+   */
+  static final class GenerateBlocks extends DoFn<Long, FeatureBlock> {
+    final String digitsCsv;
+    final long rows;
+    final int shards;
+    final int keys;
+    final int blockSize;
+    transient double[][] digits;
+
+    GenerateBlocks(String digitsCsv, long rows, int shards, int keys, int blockSize) {
+      this.digitsCsv = digitsCsv;
+      this.rows = rows;
+      this.shards = shards;
+      this.keys = keys;
+      this.blockSize = blockSize;
+    }
+
+    @Setup
+    public void setup() throws IOException {
+      List<List<Double>> read = readDigits(digitsCsv, 1.0);
+      digits = new double[read.size()][];
+      for (int i = 0; i < digits.length; i++) {
+        digits[i] = read.get(i).stream().mapToDouble(Double::doubleValue).toArray();
+      }
+    }
+
+    @ProcessElement
+    public void process(@Element Long seed, OutputReceiver<FeatureBlock> out) {
+      long start = seed * rows / shards;
+      long end = (seed + 1) * rows / shards;
+      int width = digits[0].length;
+      for (long first = start; first < end; first += blockSize) {
+        int size = (int) Math.min(blockSize, end - first);
+        String[] segments = new String[size];
+        double[] pixels = new double[size * width];
+        for (int i = 0; i < size; i++) {
+          long n = first + i;
+          segments[i] = segment(n % keys);
+          System.arraycopy(digits[(int) (n % digits.length)], 0, pixels, i * width, width);
+        }
+        out.output(FeatureBlock.of(segments, pixels, width));
+      }
     }
   }
 

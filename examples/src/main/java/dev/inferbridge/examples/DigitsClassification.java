@@ -2,6 +2,7 @@ package dev.inferbridge.examples;
 
 import dev.inferbridge.BeamHandlerModel;
 import dev.inferbridge.EndpointModel;
+import dev.inferbridge.FeatureBlock;
 import dev.inferbridge.Inference;
 import dev.inferbridge.InferenceResult;
 import dev.inferbridge.LocalRun;
@@ -110,6 +111,14 @@ public final class DigitsClassification {
 
     void setBlockSize(int value);
 
+    @Description(
+        "Rows per FeatureBlock, made from the rows' arrays in Java (Inference.overBlocks, the "
+            + "block-level API); 0: one Row per element")
+    @Default.Integer(0)
+    int getFeatureBlockSize();
+
+    void setFeatureBlockSize(int value);
+
     @Description("If set, also write one 'key,inference' line per row to this file")
     String getPredictionsFile();
 
@@ -157,7 +166,19 @@ public final class DigitsClassification {
     if (options.getBlockSize() > 0) {
       inference = inference.withBlockSize(options.getBlockSize());
     }
-    InferenceResult result = rows.apply("Classify", inference);
+    InferenceResult result;
+    if (options.getFeatureBlockSize() > 0) {
+      Inference onBlocks = Inference.of(model).withPreprocess(Step.scale(1.0 / 16)).withPostprocess(Step.argmax());
+      if (options.getExpansionService() != null) {
+        onBlocks = onBlocks.withExpansionService(options.getExpansionService());
+      }
+      result =
+          pipeline
+              .apply("DigitBlocks", Create.of(featureBlocks(digits, options.getFeatureBlockSize())))
+              .apply("Classify", onBlocks.overBlocks(FeatureBlock.KeyType.INT64));
+    } else {
+      result = rows.apply("Classify", inference);
+    }
     PCollection<Row> predictions = result.getInferences();
     PCollection<Row> failures = result.getFailures();
 
@@ -227,6 +248,29 @@ public final class DigitsClassification {
     String text = new String(Files.readAllBytes(file), StandardCharsets.UTF_8).trim();
     Files.delete(file);
     return text;
+  }
+
+  /**
+   * The digits as blocks of {@code rowsPerBlock}: ids and pixels in arrays, as a reader of a
+   * columnar file would hold them.
+   */
+  static List<FeatureBlock> featureBlocks(List<Row> digits, int rowsPerBlock) {
+    List<FeatureBlock> blocks = new ArrayList<>();
+    for (int start = 0; start < digits.size(); start += rowsPerBlock) {
+      List<Row> part = digits.subList(start, Math.min(digits.size(), start + rowsPerBlock));
+      int width = part.get(0).getArray("pixels").size();
+      long[] ids = new long[part.size()];
+      double[] pixels = new double[part.size() * width];
+      for (int i = 0; i < part.size(); i++) {
+        ids[i] = part.get(i).getInt64("id");
+        int f = i * width;
+        for (Object value : part.get(i).getArray("pixels")) {
+          pixels[f++] = value == null ? Double.NaN : (Double) value;
+        }
+      }
+      blocks.add(FeatureBlock.of(ids, pixels, width));
+    }
+    return blocks;
   }
 
   /** The model giving each digit's class probabilities. */
