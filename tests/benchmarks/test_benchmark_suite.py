@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_SYSTEMS = {"raw", "stock-python", "inferbridge-python", "inferbridge-python-rows"}
-JAVA_SYSTEMS = {"inferbridge-java-blocks", "inferbridge-java-rows"}
+JAVA_SYSTEMS = {"inferbridge-java-blocks", "inferbridge-java-feature-blocks", "inferbridge-java-rows"}
 
 
 def test_every_system_runs_and_the_results_are_written(tmp_path):
