@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import joblib
+import pytest
 from digits_support import read_predictions, sklearn_predictions
 
 
@@ -139,11 +140,15 @@ def test_bad_rows_reach_the_failures_output_and_the_rest_is_inferred(java_classp
     assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]
 
 
-def test_packed_blocks_give_the_same_predictions(java_classpath, digits_dir, services, tmp_path):
+@pytest.mark.parametrize(
+    "blocks",
+    # Rows packed in Java (withBlockSize), and the block-level API (overBlocks on FeatureBlocks).
+    ["--blockSize=128", "--featureBlockSize=100"],
+    ids=["packed-rows", "feature-blocks"],
+)
+def test_blocks_give_the_same_predictions(java_classpath, digits_dir, services, tmp_path, blocks):
     predictions = tmp_path / "predictions.csv"
-    result = run_java(
-        java_classpath, services, f"--modelDir={digits_dir}", "--blockSize=128", f"--predictionsFile={predictions}"
-    )
+    result = run_java(java_classpath, services, f"--modelDir={digits_dir}", blocks, f"--predictionsFile={predictions}")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "failures=0" in result.stdout.splitlines()
     with open(digits_dir / "digits.pkl", "rb") as f:
@@ -162,19 +167,6 @@ def test_packed_blocks_isolate_a_bad_row(java_classpath, digits_dir, services, t
     assert json.loads(lines[0]["element"])["pixels"] == [float(v) for v in first[2:12]]
     assert "failures=1" in result.stdout.splitlines()
     assert f"rows={len(rest)}" in result.stdout.strip().splitlines()[-1]
-
-
-def test_feature_blocks_give_the_same_predictions(java_classpath, digits_dir, services, tmp_path):
-    # The block-level Java API: the example hands Inference.overBlocks arrays of 100 rows.
-    predictions = tmp_path / "predictions.csv"
-    result = run_java(
-        java_classpath, services, f"--modelDir={digits_dir}", "--featureBlockSize=100", f"--predictionsFile={predictions}"
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "failures=0" in result.stdout.splitlines()
-    with open(digits_dir / "digits.pkl", "rb") as f:
-        model = pickle.load(f)
-    assert read_predictions(predictions) == sklearn_predictions(digits_dir, model)
 
 
 def test_feature_blocks_isolate_a_row_the_model_cannot_take(java_classpath, digits_dir, services, tmp_path):
