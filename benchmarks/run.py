@@ -142,7 +142,7 @@ def run_system(system: str, workload: str, rows: int, work: Path) -> dict:
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if process.returncode != 0 or not lines:
         result["error"] = (err.strip().splitlines() or ["no output"])[-1][:300]
-        print(f"  {system:24} {workload:14} FAILED: {result['error']}", flush=True)
+        print(f"  {system:32} {workload:14} FAILED: {result['error']}", flush=True)
         print(err[-3000:], file=sys.stderr)
         return result
     measured = json.loads(lines[-1])
@@ -159,7 +159,7 @@ def run_system(system: str, workload: str, rows: int, work: Path) -> dict:
         wall_seconds=round(time.perf_counter() - started, 2),
     )
     print(
-        f"  {system:24} {workload:14} {result['rows_per_sec']:>12,} rows/s  {result['peak_rss_mb']:>8.0f} MB  "
+        f"  {system:32} {workload:14} {result['rows_per_sec']:>12,} rows/s  {result['peak_rss_mb']:>8.0f} MB  "
         f"p50 {result['batch_latency_p50_ms']} ms  p95 {result['batch_latency_p95_ms']} ms",
         flush=True,
     )
