@@ -609,11 +609,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     Schema schema = input.getSchema();
     Schema expected = outputSchema(schema);
-    PCollection<Row> modelUpdates = config.get(MODEL_UPDATES);
-    if (modelUpdates != null && modelUpdates.getPipeline() != input.getPipeline()) {
-      throw new IllegalArgumentException(
-          "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
-    }
+    checkModelUpdates(input.getPipeline());
     ServiceCredentials credentials = credentials();
     String endpoint = endpoint();
     if (config.get(BLOCK_SIZE) != null) {
@@ -649,6 +645,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** {@link BlockInference}'s expansion: {@link FeatureBlock}s to block Rows in Java, then as {@link #inferBlocks}. */
   InferenceResult expandFeatureBlocks(PCollection<FeatureBlock> input, FeatureBlock.KeyType keyType) {
+    checkModelUpdates(input.getPipeline());
     Schema rows = FeatureBlockRows.rowSchema(keyType);
     Schema blockSchema = Blocks.inputSchema(rows, Blocks.KEY, Collections.emptyList());
     PCollectionTuple packed =
@@ -707,6 +704,14 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
         PCollectionList.of(packFailures).and(pythonFailures).apply("Failures", Flatten.pCollections());
     failures.setCoder(pythonFailures.getCoder());
     return new InferenceResult(blocks.getPipeline(), inferences, failures);
+  }
+
+  private void checkModelUpdates(Pipeline pipeline) {
+    PCollection<Row> modelUpdates = config.get(MODEL_UPDATES);
+    if (modelUpdates != null && modelUpdates.getPipeline() != pipeline) {
+      throw new IllegalArgumentException(
+          "Inference: withModelUpdates() was given a PCollection of another pipeline than the input");
+    }
   }
 
   private ServiceCredentials credentials() {
