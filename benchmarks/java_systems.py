@@ -7,10 +7,11 @@ Systems: ``stock-java`` (Beam's Java RunInference wrapper, against Beam's stock 
 expansion service with its loopback worker pool), ``inferbridge-java-blocks`` (InferBridge's
 Java ``Inference`` with ``withBlockSize(1000)``), ``inferbridge-java-feature-blocks`` (the same
 rows made as ``FeatureBlock``s of 1000 for ``Inference.overBlocks``, the block-level Java API),
-``inferbridge-java-rows`` (one Row per element) and ``java-baseline`` (the same Rows counted without inference: the Java input and the
-runner alone), each a ``JavaThroughput`` pipeline on Beam's local portable job service. The time is
-the pipeline's construction (with the cross-language expansion) plus its run until the last
-result is written; the job service's fixed five-second teardown after that is left out.
+``inferbridge-java-rows`` (one Row per element) and ``java-baseline`` (the same Rows counted
+without inference: the Java input and the runner alone), each a ``JavaThroughput`` pipeline on
+Beam's local portable job service. The time is the pipeline's construction (with the
+cross-language expansion) plus its run until the last result is written; the job service's fixed
+five-second teardown after that is left out.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ multilayer perceptron, compute-bound; keyed: four keyed models; keyed-bounded: f
 most two models resident per worker) and each system (raw model loop, Beam's Python
 RunInference, InferBridge's Python BlockInference and its row-per-element Inference, Beam's Java
 RunInference wrapper, InferBridge's Java Inference with packed blocks, on FeatureBlocks, and by
-rows) it runs the system in a fresh process tree and records rows/s, the sum of the peak RSS of the tree's processes, and the p50/p95 time of one
-model call on one batch (recorded by the models themselves). Results go to
+rows) it runs the system in a fresh process tree and records rows/s, the sum of the peak RSS of
+the tree's processes, and the p50/p95 time of one model call on one batch (recorded by the
+models themselves). Results go to
 ``benchmarks/results/latest.json`` (a list of objects), ``latest.md`` (the table, with ratios to
 the raw loop and to the stock system of the same language) and ``latest.png`` (a chart).
 """

@@ -386,10 +386,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     Inference blocks =
         new Inference(
-            config
-                .with(KEY_FIELD, Blocks.KEY)
-                .with(FEATURE_FIELDS, Collections.singletonList(Blocks.FEATURES))
-                .with(FEATURE_METHOD, "withFeatureField"));
+            config.with(KEY_FIELD, Blocks.KEY).with(FEATURE_FIELDS, Collections.singletonList(Blocks.FEATURES)));
     blocks.checkBlocks(method);
     return new BlockInference(blocks, keyType);
   }

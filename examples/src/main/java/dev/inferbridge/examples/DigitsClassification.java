@@ -154,30 +154,23 @@ public final class DigitsClassification {
     if (options.getModelSha256() != null) {
       model = model.withSha256(options.getModelSha256());
     }
-    Inference inference =
-        Inference.of(model)
-            .withKeyField("id")
-            .withFeatureField("pixels")
-            .withPreprocess(Step.scale(1.0 / 16))
-            .withPostprocess(Step.argmax());
+    // One inference (model, steps, service); Rows name their key and feature fields, blocks carry theirs.
+    Inference classify = Inference.of(model).withPreprocess(Step.scale(1.0 / 16)).withPostprocess(Step.argmax());
     if (options.getExpansionService() != null) {
-      inference = inference.withExpansionService(options.getExpansionService());
-    }
-    if (options.getBlockSize() > 0) {
-      inference = inference.withBlockSize(options.getBlockSize());
+      classify = classify.withExpansionService(options.getExpansionService());
     }
     InferenceResult result;
     if (options.getFeatureBlockSize() > 0) {
-      Inference onBlocks = Inference.of(model).withPreprocess(Step.scale(1.0 / 16)).withPostprocess(Step.argmax());
-      if (options.getExpansionService() != null) {
-        onBlocks = onBlocks.withExpansionService(options.getExpansionService());
-      }
       result =
           pipeline
               .apply("DigitBlocks", Create.of(featureBlocks(digits, options.getFeatureBlockSize())))
-              .apply("Classify", onBlocks.overBlocks(FeatureBlock.KeyType.INT64));
+              .apply("Classify", classify.overBlocks(FeatureBlock.KeyType.INT64));
     } else {
-      result = rows.apply("Classify", inference);
+      Inference onRows = classify.withKeyField("id").withFeatureField("pixels");
+      if (options.getBlockSize() > 0) {
+        onRows = onRows.withBlockSize(options.getBlockSize());
+      }
+      result = rows.apply("Classify", onRows);
     }
     PCollection<Row> predictions = result.getInferences();
     PCollection<Row> failures = result.getFailures();
