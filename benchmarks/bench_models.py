@@ -2,7 +2,8 @@
 
 The timing lives in the model so that every system — the raw loop, Beam's RunInference and
 InferBridge, in Python or behind Java — is measured at the same place: the model call.
-Workers import this module, so the benchmark puts its folder on PYTHONPATH.
+Workers import this module, so the benchmark puts its folder on PYTHONPATH. It does not import
+torch (``bench_net`` does): a worker loading a scikit-learn model does not pay torch's import.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def write_digits_csv(path: str) -> None:
             writer.writerow([i, int(label), *[repr(float(v)) for v in row]])
 
 
-class _CallLog:
+class CallLog:
     """Appends 'nanoseconds rows' per call to a file shared by every process and thread."""
 
     def __init__(self, path: str) -> None:
@@ -72,7 +73,7 @@ class TimedClassifier:
 
     def __init__(self, model: Any, log_path: str) -> None:
         self.model = model
-        self.log = _CallLog(log_path)
+        self.log = CallLog(log_path)
 
     def predict(self, features: np.ndarray, **kwargs: Any) -> np.ndarray:
         started = time.perf_counter_ns()
@@ -81,32 +82,6 @@ class TimedClassifier:
         return result
 
 
-try:
-    import torch
-
-    class BenchNet(torch.nn.Module):
-        """A small multilayer perceptron whose cost is its arithmetic: the compute-bound workload."""
-
-        def __init__(self, n_features: int = 64, n_hidden: int = 512, n_outputs: int = 10, log_path: str = "") -> None:
-            super().__init__()
-            self.layers = torch.nn.Sequential(
-                torch.nn.Linear(n_features, n_hidden),
-                torch.nn.ReLU(),
-                torch.nn.Linear(n_hidden, n_hidden),
-                torch.nn.ReLU(),
-                torch.nn.Linear(n_hidden, n_outputs),
-            )
-            self.log = _CallLog(log_path) if log_path else None
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            started = time.perf_counter_ns()
-            result = self.layers(x)
-            if self.log is not None:
-                self.log.record(started, len(x))
-            return result
-
-except ImportError:  # the sklearn workloads run without torch
-    pass
 
 
 def train(models_dir: str, log_path: str) -> dict[str, Any]:
@@ -130,6 +105,8 @@ def train(models_dir: str, log_path: str) -> dict[str, Any]:
         for i, key in enumerate(KEYS)
     ]
     import torch
+
+    from bench_net import BenchNet
 
     torch.manual_seed(0)
     net = BenchNet()

@@ -48,8 +48,9 @@ def run_raw(workload: str, rows: int, models: dict) -> int:
     outputs = 0
     if workload == "torch":
         import torch
+        from bench_net import BenchNet
 
-        net = bench_models.BenchNet(**models["torch_params"])
+        net = BenchNet(**models["torch_params"])
         net.load_state_dict(torch.load(models["torch"], weights_only=True))
         net.eval()
         with torch.no_grad():
@@ -87,9 +88,10 @@ def stock_pipeline(p, workload: str, rows: int, models: dict):
     elements = p | beam.Impulse() | beam.FlatMap(one_row_per_element)
     if workload == "torch":
         from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+        from bench_net import BenchNet
 
         handler = PytorchModelHandlerTensor(
-            state_dict_path=models["torch"], model_class=bench_models.BenchNet, model_params=models["torch_params"]
+            state_dict_path=models["torch"], model_class=BenchNet, model_params=models["torch_params"]
         )
         import torch
 
@@ -130,7 +132,7 @@ def inferbridge_pipeline(p, workload: str, rows: int, models: dict, by_rows: boo
 
     root = models["root"]
     if workload == "torch":
-        model = Model.pytorch(models["torch"], model_class="bench_models:BenchNet", model_params=models["torch_params"])
+        model = Model.pytorch(models["torch"], model_class="bench_net:BenchNet", model_params=models["torch_params"])
         options = {}
     elif workload == "digits":
         model = Model.sklearn(models["digits"])
@@ -151,7 +153,7 @@ def inferbridge_pipeline(p, workload: str, rows: int, models: dict, by_rows: boo
         model,
         key_field="key",
         feature_fields="features",
-        policy=LoadPolicy(model_roots=(root,), trusted_roots=(root,), allowed_model_classes=("bench_models",)),
+        policy=LoadPolicy(model_roots=(root,), trusted_roots=(root,), allowed_model_classes=("bench_models", "bench_net")),
         **options,
     )
     if by_rows:

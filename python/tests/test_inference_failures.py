@@ -287,3 +287,37 @@ def test_nullable_key_fields_from_typing_optional(model_files, digits_model, hel
             equal_to([("input", "key_field 'id' is null", {"6b": 1})]),
             label="NullKey",
         )
+
+
+class Scan(typing.NamedTuple):
+    id: int
+    pixels: typing.Sequence[float]
+    site: str
+
+
+def test_named_tuple_rows_are_read_by_field_and_a_bad_one_fails_alone(model_files, digits_model, held_out, trusting):
+    # 300 rows: more than one part of gathered rows; row 150 holds text where a pixel should be.
+    pixels, _ = held_out
+    rows = [Scan(i, [float(v) for v in pixels[i % len(pixels)]], f"site-{i % 3}") for i in range(300)]
+    rows[150] = Scan(150, ["dark"] * 64, "site-0")
+    served = [i for i in range(300) if i != 150]
+    expected = digits_model.predict(np.stack([pixels[i % len(pixels)] for i in served]) / 16)
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows, reshuffle=False).with_output_types(Scan) | Inference(
+            Model.sklearn(model_files["pickle"]),
+            key_field="id",
+            feature_fields="pixels",
+            passthrough_fields=["site"],
+            preprocess=[Step("scale", factor=1 / 16)],
+            max_batch_size=200,
+            policy=trusting,
+        )
+        assert_that(
+            result.inferences | beam.Map(lambda r: (r.key, r.inference, r.site)),
+            equal_to([(i, float(v), f"site-{i % 3}") for i, v in zip(served, expected)]),
+        )
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.stage, f.key, strict_json(f.element)["site"], strict_json(f.element)["pixels"][0])),
+            equal_to([("input", "150", "site-0", "dark")]),
+            label="Failures",
+        )

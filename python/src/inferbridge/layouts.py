@@ -156,7 +156,7 @@ def _floats(values: list) -> np.ndarray:
 
 class _Part:
     """Rows gathered for a block, by field: the values of each field of beam.Rows that have the
-    same fields (the common case), else the rows as they came.
+    same fields (the common case) or of NamedTuples of one type, else the rows as they came.
 
     Keeping the values rather than the Rows lets each Row and its dict go at once: rows wait to
     fill a block, then in Beam's batching until the next block comes, and the more objects live
@@ -168,13 +168,20 @@ class _Part:
     def __init__(self, rows: list) -> None:
         self.size = len(rows)
         self._fields: Optional[dict[str, list]] = None
+        self._named_tuple: Optional[type] = None  # the rows' type, when they are NamedTuples
         self._rows = rows
-        if set(map(type, rows)) == {beam.Row}:
+        kinds = set(map(type, rows))
+        if kinds == {beam.Row}:
             fields = list(map(vars, rows))
             names = set(map(tuple, fields))  # a dict's tuple: its keys, in order
             if len(names) == 1:
                 self._fields = {name: list(map(itemgetter(name), fields)) for name in names.pop()}
                 self._rows = []
+        elif len(kinds) == 1 and _is_named_tuple(kind := kinds.pop()):
+            # NamedTuples (what Beam's RowCoder decodes, e.g. Rows from Java): one transpose.
+            self._fields = dict(zip(kind._fields, map(list, zip(*rows))))
+            self._rows = []
+            self._named_tuple = kind
 
     def values(self, name: str) -> list:
         """A field's value in each row (KeyError or AttributeError: a row without the field)."""
@@ -183,9 +190,11 @@ class _Part:
         return self._fields[name]
 
     def rows(self) -> list:
-        """The rows: beam.Rows made again from the values of their fields, if those were kept."""
+        """The rows: made again from the values of their fields, if those were kept."""
         if self._fields is None:
             return self._rows
+        if self._named_tuple is not None:
+            return list(map(self._named_tuple._make, zip(*self._fields.values())))
         return [beam.Row(**dict(zip(self._fields, values))) for values in zip(*self._fields.values())]
 
     def describe(self, i: int) -> str:
@@ -350,6 +359,10 @@ ROWS_HINT = (
     "make Rows with beam.Map(lambda d: beam.Row(**d)) (from dicts), or use a typing.NamedTuple "
     "registered with beam.coders.registry.register_coder(YourRow, beam.coders.RowCoder)"
 )
+
+
+def _is_named_tuple(kind: type) -> bool:
+    return issubclass(kind, tuple) and isinstance(getattr(kind, "_fields", None), tuple)
 
 
 def _not_a_row(element: Any) -> bool:

@@ -542,9 +542,14 @@ public final class JavaThroughput {
     }
   }
 
-  /** InferBridge's input: Rows {id, segment, raw pixels}; the composite scales them. */
+  /**
+   * InferBridge's input: Rows {id, segment, raw pixels}; the composite scales them. The Rows are
+   * made with {@code attachValues}, which takes values already of the schema's types as they are
+   * ({@code addValues(...).build()} would copy and check each row's 64 pixels again).
+   */
   static final class GenerateRows extends Generate<Row> {
     final int keys;
+    transient String[] segments;
 
     GenerateRows(String digitsCsv, long rows, int shards, int keys) {
       super(digitsCsv, rows, shards);
@@ -558,7 +563,13 @@ public final class JavaThroughput {
 
     @Override
     Row make(long n, List<Double> pixels) {
-      return Row.withSchema(DIGIT_ROW).addValues(n, segment(n % keys), pixels).build();
+      if (segments == null) {
+        segments = new String[keys];
+        for (int i = 0; i < keys; i++) {
+          segments[i] = segment(i);
+        }
+      }
+      return Row.withSchema(DIGIT_ROW).attachValues(n, segments[(int) (n % keys)], pixels);
     }
   }
 
