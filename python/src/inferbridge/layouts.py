@@ -168,7 +168,6 @@ class _Part:
     def __init__(self, rows: list) -> None:
         self.size = len(rows)
         self._fields: Optional[dict[str, list]] = None
-        self._named_tuple: Optional[type] = None  # the rows' type, when they are NamedTuples
         self._rows = rows
         kinds = set(map(type, rows))
         if kinds == {beam.Row}:
@@ -181,7 +180,6 @@ class _Part:
             # NamedTuples (what Beam's RowCoder decodes, e.g. Rows from Java): one transpose.
             self._fields = dict(zip(kind._fields, map(list, zip(*rows))))
             self._rows = []
-            self._named_tuple = kind
 
     def values(self, name: str) -> list:
         """A field's value in each row (KeyError or AttributeError: a row without the field)."""
@@ -190,11 +188,11 @@ class _Part:
         return self._fields[name]
 
     def rows(self) -> list:
-        """The rows: made again from the values of their fields, if those were kept."""
+        """The rows: beam.Rows made again from the values of their fields, if those were kept
+        (not their own type: a part is pickled when a runner moves a block, and the types
+        Beam makes for schemas are no module's attributes)."""
         if self._fields is None:
             return self._rows
-        if self._named_tuple is not None:
-            return list(map(self._named_tuple._make, zip(*self._fields.values())))
         return [beam.Row(**dict(zip(self._fields, values))) for values in zip(*self._fields.values())]
 
     def describe(self, i: int) -> str:

@@ -17,19 +17,23 @@ import contextlib
 import os
 import socket
 import subprocess
+import logging
 import sys
+import threading
 import time
 from typing import Iterator, Optional, Sequence
 
 import grpc
 from apache_beam.runners.portability import local_job_service
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 
 from inferbridge import healthcheck
 from inferbridge.policy import MODEL_SOURCE_FLAGS
 
 EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE"
 JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT"
+
+_LOGGER = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -98,6 +102,30 @@ class _LoopbackJobServicer(local_job_service.LocalJobServicer):
         return "127.0.0.1"
 
 
+def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
+    """``BundleManager._send_input_to_worker``, sending a stage's input in messages of about
+    10 MB from a thread of its own, while the bundle runs.
+
+    Beam's writes the whole input, then sends it as one message, before it asks the worker to
+    run the bundle: the job service and the worker each held a stage's whole input at once (and
+    protobuf bounds a message at 2 GiB). In smaller messages the input could not be sent ahead:
+    the worker takes a few messages of a bundle it does not run yet, then holds off the sender.
+    Each byte stream is a message some worker sent, so it ends where an element does, as an SDK
+    harness reading the messages expects."""
+    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+
+    def send() -> None:
+        try:
+            for byte_stream in byte_streams or ():
+                data_out.write(byte_stream)
+                data_out.maybe_flush()
+            data_out.close()
+        except Exception:  # noqa: BLE001 - the bundle fails on the worker's side; say why here
+            _LOGGER.exception("sending the input of %s to %s failed", process_bundle_id, read_transform_id)
+
+    threading.Thread(target=send, name=f"input-{process_bundle_id}", daemon=True).start()
+
+
 @contextlib.contextmanager
 def job_service(port: int = 0) -> Iterator[str]:
     """Runs Beam's local (portable, batch) job service in this process; yields its address."""
@@ -106,8 +134,9 @@ def job_service(port: int = 0) -> Iterator[str]:
     # the buffer without holding off the runner's writes, so what the runner wrote meanwhile is
     # lost unsent (data_plane.TimeBasedBufferingClosableOutputStream): a 1M-row Java pipeline lost
     # whole messages of its blocks, with no error. At 0 the runner's thread alone writes its
-    # streams and sends each in one message (protobuf's 2 GiB bound then applies to a stage input).
+    # streams (and flushes them: _send_input_in_messages).
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+    fn_runner.BundleManager._send_input_to_worker = _send_input_in_messages
     servicer = _LoopbackJobServicer()
     bound = servicer.start_grpc_server(port)
     try:
