@@ -384,13 +384,22 @@ def test_other_environments_start_no_worker_pool_and_are_given_to_the_expanded_s
     assert "Python stages run in: --environment_type=EXTERNAL --environment_config=workers.example:50000" in output
 
 
-def test_the_local_job_services_runner_sends_stage_inputs_without_a_flush_thread():
-    """Beam's runner flushed its streams to workers from a thread every second, clearing what it
-    wrote meanwhile: whole messages of a large stage input were lost with no error."""
+def test_the_local_job_service_sends_a_large_stage_input_in_messages_while_the_bundle_runs():
+    """80 MB crosses from one stage to the next (a resource hint ends a stage). The job service
+    sends it in messages of about 10 MB while the bundle runs, more messages than a worker takes
+    before its bundle starts; nothing may be lost, and nothing may wait forever. (Beam's runner
+    flushed from a thread every second, clearing what it wrote meanwhile: whole messages of a
+    large stage input were lost with no error; its flush thread is off.)"""
+    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.testing.util import assert_that, equal_to
 
     from inferbridge.local_services import job_service
 
     with job_service() as address:
-        assert address
         assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
+        options = PipelineOptions(["--runner=PortableRunner", f"--job_endpoint={address}", "--environment_type=LOOPBACK"])
+        with beam.Pipeline(options=options) as p:
+            chunks = p | beam.Create(range(80)) | beam.FlatMap(lambda i: [(i, bytes([i]) * 100_000)] * 10)
+            intact = chunks | beam.Map(lambda kv: (kv[0], kv[1] == bytes([kv[0]]) * 100_000)).with_resource_hints(min_ram="1GB")
+            assert_that(intact | beam.combiners.Count.PerElement(), equal_to([((i, True), 10) for i in range(80)]))

@@ -26,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 import grpc
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+from apache_beam.runners.worker import data_plane
 
 from inferbridge import healthcheck
 from inferbridge.policy import MODEL_SOURCE_FLAGS
@@ -102,16 +103,23 @@ class _LoopbackJobServicer(local_job_service.LocalJobServicer):
         return "127.0.0.1"
 
 
+_BEAMS_SEND_INPUT = fn_runner.BundleManager._send_input_to_worker
+
+
 def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
-    """``BundleManager._send_input_to_worker``, sending a stage's input in messages of about
-    10 MB from a thread of its own, while the bundle runs.
+    """``BundleManager._send_input_to_worker``, sending a stage's input to a worker over gRPC in
+    messages of about 10 MB, from a thread of its own, while the bundle runs.
 
     Beam's writes the whole input, then sends it as one message, before it asks the worker to
     run the bundle: the job service and the worker each held a stage's whole input at once (and
     protobuf bounds a message at 2 GiB). In smaller messages the input could not be sent ahead:
     the worker takes a few messages of a bundle it does not run yet, then holds off the sender.
     Each byte stream is a message some worker sent, so it ends where an element does, as an SDK
-    harness reading the messages expects."""
+    harness reading the messages expects. A worker embedded in the runner's process reads its
+    input from a list, once, when the bundle starts: that one gets Beam's way."""
+    if isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel):
+        _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, byte_streams)
+        return
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
 
     def send() -> None:
