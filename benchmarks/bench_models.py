@@ -82,8 +82,6 @@ class TimedClassifier:
         return result
 
 
-
-
 def train(models_dir: str, log_path: str) -> dict[str, Any]:
     """Trains every workload's models into ``models_dir``; returns their paths and parameters."""
     import pickle
@@ -105,7 +103,6 @@ def train(models_dir: str, log_path: str) -> dict[str, Any]:
         for i, key in enumerate(KEYS)
     ]
     import torch
-
     from bench_net import BenchNet
 
     torch.manual_seed(0)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import socket
 import subprocess
-import logging
 import sys
 import threading
 import time
@@ -141,8 +141,8 @@ def job_service(port: int = 0) -> Iterator[str]:
     # flushes every DATA_BUFFER_TIME_LIMIT_MS (1000): the flush sends what it holds, then clears
     # the buffer without holding off the runner's writes, so what the runner wrote meanwhile is
     # lost unsent (data_plane.TimeBasedBufferingClosableOutputStream): a 1M-row Java pipeline lost
-    # whole messages of its blocks, with no error. At 0 the runner's thread alone writes its
-    # streams (and flushes them: _send_input_in_messages).
+    # whole messages of its blocks, with no error. At 0 no thread flushes; a stage's input is
+    # sent by _send_input_in_messages.
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     fn_runner.BundleManager._send_input_to_worker = _send_input_in_messages
     servicer = _LoopbackJobServicer()
