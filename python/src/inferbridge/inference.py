@@ -23,6 +23,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from inferbridge import model_files, steps
+from inferbridge.frameworks import pytorch
 from inferbridge.beam_ml import ModelHandler, RunInference
 from inferbridge.bounds import shorten
 from inferbridge.engine import (
@@ -613,8 +614,6 @@ def _check_model_exists(where: str, model: Model, policy: LoadPolicy) -> None:
     must be of the kind the model names (a state_dict with model_class, TorchScript without)."""
     model_files.check_regular_file(model.uri, where)
     if model.framework == "pytorch" and local_path(model.uri) is not None:
-        from inferbridge.frameworks import pytorch
-
         try:
             with model_files.open_model(model, model.uri, policy, where) as file:
                 kind = pytorch.archive_kind(file.file)
