@@ -228,7 +228,8 @@ public final class StreamingModelUpdate {
       for (int j = 0; j < rowsPerTick; j++) {
         long id = index * rowsPerTick + j;
         Row digit = digits.get((int) (id % digits.size()));
-        out.output(Row.withSchema(ExampleIo.DIGIT_SCHEMA).addValues(id, digit.getInt64("label"), digit.getArray("pixels")).build());
+        // The digit's own values, attached as they are (see ExampleIo.readDigits).
+        out.output(Row.withSchema(ExampleIo.DIGIT_SCHEMA).attachValues(id, digit.getInt64("label"), digit.getArray("pixels")));
       }
     }
   }
