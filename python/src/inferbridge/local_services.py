@@ -104,6 +104,8 @@ class _LoopbackJobServicer(local_job_service.LocalJobServicer):
 
 
 _BEAMS_SEND_INPUT = fn_runner.BundleManager._send_input_to_worker
+# A stream that, with what a flush leaves behind (under 10 MB), could pass protobuf's 2 GiB.
+_LARGEST_STREAM = (2 << 30) - (64 << 20)
 
 
 def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
@@ -114,21 +116,29 @@ def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str
     run the bundle: the job service and the worker each held a stage's whole input at once (and
     protobuf bounds a message at 2 GiB). In smaller messages the input could not be sent ahead:
     the worker takes a few messages of a bundle it does not run yet, then holds off the sender.
-    Each byte stream is a message some worker sent, so it ends where an element does, as an SDK
-    harness reading the messages expects. A worker embedded in the runner's process reads its
-    input from a list, once, when the bundle starts: that one gets Beam's way."""
-    if isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel):
-        _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, byte_streams)
+
+    Each byte stream ends where an element does (a message some worker sent, or what the runner
+    encoded element by element: a grouped input is one stream, and so still one message), as an
+    SDK harness reading each message on its own expects. The streams are made here, in the
+    runner's thread, so that what fails in making them (a grouped input's triggers) fails the
+    job as before. Beam's way is kept for a worker embedded in the runner's process (it reads its
+    input from a list, once, when the bundle starts) and for a stream too large for one message
+    (Beam's error names it)."""
+    streams = list(byte_streams or ())
+    if isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel) or any(
+        len(stream) > _LARGEST_STREAM for stream in streams
+    ):
+        _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, streams)
         return
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
 
     def send() -> None:
         try:
-            for byte_stream in byte_streams or ():
-                data_out.write(byte_stream)
+            for stream in streams:
+                data_out.write(stream)
                 data_out.maybe_flush()
             data_out.close()
-        except Exception:  # noqa: BLE001 - the bundle fails on the worker's side; say why here
+        except Exception:  # noqa: BLE001 - a broken connection: the bundle fails on the worker's side
             _LOGGER.exception("sending the input of %s to %s failed", process_bundle_id, read_transform_id)
 
     threading.Thread(target=send, name=f"input-{process_bundle_id}", daemon=True).start()
