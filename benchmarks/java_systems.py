@@ -9,7 +9,8 @@ Java ``Inference`` with ``withBlockSize(1000)``), ``inferbridge-java-feature-blo
 rows made as ``FeatureBlock``s of 1000 for ``Inference.overBlocks``, the block-level Java API),
 ``inferbridge-java-rows`` (one Row per element) and ``java-baseline`` (the same Rows counted
 without inference: the Java input and the runner alone), each a ``JavaThroughput`` pipeline on
-Beam's local portable job service. The time is the pipeline's construction (with the
+Beam's local portable job service, in a JVM with a 512 MB heap (``JAVA_HEAP``: the same for
+every system; a JVM left to size its heap keeps what it may, ~1 GB here, at the same speed). The time is the pipeline's construction (with the
 cross-language expansion) plus its run until the last result is written; the job service's fixed
 five-second teardown after that is left out.
 """
@@ -25,14 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-import bench_models
-
 from inferbridge.local_services import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent
 BLOCK_SIZE = 1000
+JAVA_HEAP = "-Xmx512m"
 MAX_MODELS = 2  # keyed-bounded, as in python_systems.py
 
 
@@ -50,7 +50,7 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
 
 def java_args(system: str, workload: str, rows: int, models: dict, digits: str) -> list[str]:
     classpath = (ROOT / "benchmarks/build/runtime-classpath.txt").read_text().strip()
-    args = ["java", "-cp", classpath, "dev.inferbridge.benchmarks.JavaThroughput",
+    args = ["java", JAVA_HEAP, "-cp", classpath, "dev.inferbridge.benchmarks.JavaThroughput",
             f"--system={system}", f"--rows={rows}", f"--digits={digits}", f"--block-size={BLOCK_SIZE}"]
     if workload == "digits":
         args.append(f"--model={models['digits']}")
@@ -64,6 +64,8 @@ def java_args(system: str, workload: str, rows: int, models: dict, digits: str) 
 def run(system: str, workload: str, rows: int, models: dict) -> dict:
     digits = os.path.join(models["root"], "digits.csv")
     if not os.path.exists(digits):
+        import bench_models  # only here: this process is counted in each system's peak RSS
+
         bench_models.write_digits_csv(digits)
     command = java_args(system, workload, rows, models, digits)
     services: list[subprocess.Popen] = []

@@ -385,16 +385,17 @@ def test_other_environments_start_no_worker_pool_and_are_given_to_the_expanded_s
 
 
 def test_the_local_job_service_sends_a_large_stage_input_in_messages_while_the_bundle_runs():
-    """80 MB crosses from one stage to the next (a resource hint ends a stage). The job service
-    sends it in messages of about 10 MB while the bundle runs, more messages than a worker takes
-    before its bundle starts; nothing may be lost, and nothing may wait forever. (Beam's runner
-    flushed from a thread every second, clearing what it wrote meanwhile: whole messages of a
-    large stage input were lost with no error; its flush thread is off.)"""
+    """80 MB crosses from one stage to the next (a resource hint ends a stage), most of it held
+    in the job service's spill file. The job service sends it in messages of about 10 MB while
+    the bundle runs, more messages than a worker takes before its bundle starts; nothing may be
+    lost, and nothing may wait forever. (Beam's runner flushed from a thread every second,
+    clearing what it wrote meanwhile: whole messages of a large stage input were lost with no
+    error; its flush thread is off.)"""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
     from apache_beam.testing.util import assert_that, equal_to
 
-    from inferbridge.local_services import job_service
+    from inferbridge.local_runner import job_service
 
     with job_service() as address:
         assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
@@ -403,3 +404,46 @@ def test_the_local_job_service_sends_a_large_stage_input_in_messages_while_the_b
             chunks = p | beam.Create(range(80)) | beam.FlatMap(lambda i: [(i, bytes([i]) * 100_000)] * 10)
             intact = chunks | beam.Map(lambda kv: (kv[0], kv[1] == bytes([kv[0]]) * 100_000)).with_resource_hints(min_ram="1GB")
             assert_that(intact | beam.combiners.Count.PerElement(), equal_to([((i, True), 10) for i in range(80)]))
+
+
+def test_the_local_job_service_keeps_a_large_stage_output_in_a_file_it_leaves_nowhere(tmp_path, monkeypatch):
+    """What a stage writes past 16 MB goes to a spill file; it reads back byte for byte, in
+    order, as the buffer is iterated, partitioned, copied and sent, and the file has no name
+    from the start."""
+    import tempfile
+
+    from apache_beam.coders import BytesCoder
+    from apache_beam.coders.coder_impl import create_InputStream
+
+    from inferbridge.local_runner import _IN_MEMORY_BYTES, _Spilled, _SpillingBuffer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    coder = BytesCoder().get_impl()
+    elements = [bytes([i]) * (1 << 20) for i in range(40)]
+    messages = [coder.encode_nested(e) for e in elements]  # one element each
+    buffer = _SpillingBuffer(coder)
+    for message in messages:
+        buffer.append(message)
+    held = buffer.messages()
+    assert sum(isinstance(m, _Spilled) for m in held) == 40 - _IN_MEMORY_BYTES // len(messages[0])
+    assert list(os.scandir(tmp_path)) == []  # unlinked as made
+    assert list(buffer) == messages
+    assert [bytes(m) for m in held] == messages
+    first, second = buffer.partition(2)
+    assert [bytes(m) for m in first] == messages[0::2] and [bytes(m) for m in second] == messages[1::2]
+    assert list(buffer.copy()) == messages
+
+    # Fewer messages than workers: Beam's runner re-encodes them element by element.
+    few = buffer.copy()
+    parts = few.partition(50)
+    decoded = []
+    for part in parts:
+        for stream in part:
+            stream = create_InputStream(bytes(stream))
+            while stream.size() > 0:
+                decoded.append(coder.decode_from_stream(stream, True))
+    assert sorted(decoded) == sorted(elements)
+
+    buffer.clear()
+    with pytest.raises(RuntimeError, match="cleared"):
+        buffer.messages()

@@ -153,7 +153,7 @@ def test_java_pipeline_expanded_by_the_container_matches_scikit_learn(
 ):
     """The Java digits example with its Python stage expanded by the container, and run by the
     worker pool embedded in it (an EXTERNAL environment on the container's loopback port)."""
-    from inferbridge.local_services import job_service
+    from inferbridge.local_runner import job_service
 
     port = free_port()
     env = service_env(
@@ -202,7 +202,7 @@ def test_worker_pool_role_runs_a_python_pipelines_workers(
 ):
     """`IMAGE worker-pool`: Beam's worker pool, as a Flink worker-pool sidecar runs it. A Python
     pipeline on a portable job service gets its SDK workers from the container (EXTERNAL)."""
-    from inferbridge.local_services import job_service
+    from inferbridge.local_runner import job_service
 
     pool_port = free_port()
     with running(
@@ -229,7 +229,7 @@ def test_worker_pool_role_runs_a_python_pipelines_workers(
 def test_image_is_a_python_sdk_container_for_docker_environments(image, docker_client):
     """Beam's boot launcher (/opt/apache/beam/boot) is the image's SDK-container role: a runner
     starts the image as a DOCKER environment, as Dataflow starts custom containers."""
-    from inferbridge.local_services import job_service
+    from inferbridge.local_runner import job_service
 
     before = {c.id for c in docker_client.containers.list(all=True)}
     try:

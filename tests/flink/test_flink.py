@@ -32,7 +32,7 @@ def expansion(digits_examples_dir):
 def test_a_million_packed_rows_in_one_batch_bundle_complete_exactly(digits_dir, expansion, flink, tmp_path):
     """Beam's Flink runner reads a bundle's output only once the bundle ends; in batch mode a
     bundle is a whole partition. One million packed rows (~260 MB per partition) hung with 1 MB
-    data messages; LocalRun's 16 MB messages let them through."""
+    data messages; LocalRun's 4 MB messages let them through."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_models
 

@@ -22,7 +22,7 @@ STARTED = re.compile(r"Started the local InferBridge expansion service \(pid (\d
 
 @pytest.fixture(scope="module")
 def job_endpoint():
-    from inferbridge.local_services import job_service
+    from inferbridge.local_runner import job_service
 
     with job_service() as address:
         yield address

@@ -21,7 +21,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inferbridge.local_services import expansion_service, free_port, job_service
+from inferbridge.local_runner import job_service
+from inferbridge.local_services import expansion_service, free_port
 from digits_support import sklearn_predictions
 
 ROOT = Path(__file__).resolve().parents[2]

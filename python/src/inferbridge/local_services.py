@@ -14,27 +14,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from typing import Iterator, Optional, Sequence
 
 import grpc
-from apache_beam.runners.portability import local_job_service
-from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
-from apache_beam.runners.worker import data_plane
 
 from inferbridge import healthcheck
 from inferbridge.policy import MODEL_SOURCE_FLAGS
 
 EXPANSION_SERVICE_ENV = "INFERBRIDGE_EXPANSION_SERVICE"
 JOB_ENDPOINT_ENV = "INFERBRIDGE_JOB_ENDPOINT"
-
-_LOGGER = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -94,75 +87,6 @@ def expansion_service(
             process.wait()
 
 
-class _LoopbackJobServicer(local_job_service.LocalJobServicer):
-    """Beam's local job service on 127.0.0.1 only. On "localhost" with a free port, gRPC binds
-    the port on one address family and only tries the same port on the other; when that one is
-    taken there, clients that resolve localhost to it reach another socket and wait forever."""
-
-    def get_service_address(self) -> str:
-        return "127.0.0.1"
-
-
-_BEAMS_SEND_INPUT = fn_runner.BundleManager._send_input_to_worker
-# A stream that, with what a flush leaves behind (under 10 MB), could pass protobuf's 2 GiB.
-_LARGEST_STREAM = (2 << 30) - (64 << 20)
-
-
-def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
-    """``BundleManager._send_input_to_worker``, sending a stage's input to a worker over gRPC in
-    messages of about 10 MB, from a thread of its own, while the bundle runs.
-
-    Beam's writes the whole input, then sends it as one message, before it asks the worker to
-    run the bundle: the job service and the worker each held a stage's whole input at once (and
-    protobuf bounds a message at 2 GiB). In smaller messages the input could not be sent ahead:
-    the worker takes a few messages of a bundle it does not run yet, then holds off the sender.
-
-    Each byte stream ends where an element does (a message some worker sent, or what the runner
-    encoded element by element: a grouped input is one stream, and so still one message), as an
-    SDK harness reading each message on its own expects. The streams are made here, in the
-    runner's thread, so that what fails in making them (a grouped input's triggers) fails the
-    job as before. Beam's way is kept for a worker embedded in the runner's process (it reads its
-    input from a list, once, when the bundle starts) and for a stream too large for one message
-    (Beam's error names it)."""
-    streams = list(byte_streams or ())
-    if isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel) or any(
-        len(stream) > _LARGEST_STREAM for stream in streams
-    ):
-        _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, streams)
-        return
-    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
-
-    def send() -> None:
-        try:
-            for stream in streams:
-                data_out.write(stream)
-                data_out.maybe_flush()
-            data_out.close()
-        except Exception:  # noqa: BLE001 - a broken connection: the bundle fails on the worker's side
-            _LOGGER.exception("sending the input of %s to %s failed", process_bundle_id, read_transform_id)
-
-    threading.Thread(target=send, name=f"input-{process_bundle_id}", daemon=True).start()
-
-
-@contextlib.contextmanager
-def job_service(port: int = 0) -> Iterator[str]:
-    """Runs Beam's local (portable, batch) job service in this process; yields its address."""
-    # Beam's runner (FnApiRunner) sends a stage's input to a worker through a stream that a thread
-    # flushes every DATA_BUFFER_TIME_LIMIT_MS (1000): the flush sends what it holds, then clears
-    # the buffer without holding off the runner's writes, so what the runner wrote meanwhile is
-    # lost unsent (data_plane.TimeBasedBufferingClosableOutputStream): a 1M-row Java pipeline lost
-    # whole messages of its blocks, with no error. At 0 no thread flushes; a stage's input is
-    # sent by _send_input_in_messages.
-    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
-    fn_runner.BundleManager._send_input_to_worker = _send_input_in_messages
-    servicer = _LoopbackJobServicer()
-    bound = servicer.start_grpc_server(port)
-    try:
-        yield f"127.0.0.1:{bound}"
-    finally:
-        servicer.stop()
-
-
 @contextlib.contextmanager
 def local_services(
     expansion_port: int = 0,
@@ -179,6 +103,8 @@ def local_services(
         if job_endpoint:
             yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: job_endpoint}
             return
+        from inferbridge.local_runner import job_service  # Beam's runner: imported only to run it
+
         with job_service(job_port) as jobs:
             yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
 

@@ -56,9 +56,9 @@ import org.apache.beam.vendor.grpc.v1p69p0.io.grpc.stub.StreamObserver;
  *   <li>the files to stage: none, unless {@code --filesToStage} is given. The Java stages run in
  *       this JVM, which has their classes; Beam would otherwise upload the whole classpath (tens
  *       of megabytes) and leave a zip of each classes directory in the temporary directory;
- *   <li>the Java workers' data messages: up to 16 MB ({@code
- *       --experiments=data_buffer_size_limit=16000000}, unless given), so that a bundle of up to
- *       ~1.6 GB passes Beam's Flink runner, which otherwise hangs on bundles over ~100 MB.
+ *   <li>the Java workers' data messages: up to 4 MB ({@code
+ *       --experiments=data_buffer_size_limit=4000000}, unless given), so that a bundle of up to
+ *       ~400 MB passes Beam's Flink runner, which otherwise hangs on bundles over ~100 MB.
  * </ul>
  *
  * <p>Call it before {@code Pipeline.create(options)}, which needs the runner and the job service,
@@ -83,9 +83,12 @@ public final class LocalRun implements AutoCloseable {
   // The most bytes the Java workers put in one data message to the runner. Beam's Flink runner
   // (2.62) reads a bundle's output only once the bundle is done, through a queue of 100 messages:
   // with Beam's default (1 MB) a Java stage sending more than ~100 MB in one bundle (in batch mode
-  // a bundle is a whole partition) blocks, and the job hangs. 16 MB messages move that to ~1.6 GB.
+  // a bundle is a whole partition) blocks, and the job hangs. 4 MB messages move that to ~400 MB.
+  // Not more: the harness sends up to 100 messages before it checks that the runner takes them,
+  // and holds what it sent in direct memory meanwhile (16 MB messages: up to 1.6 GB, and "Cannot
+  // reserve direct buffer memory" in a 512 MB heap at 10M rows on the local job service).
   static final String DATA_BUFFER_SIZE_LIMIT = "data_buffer_size_limit";
-  static final int DATA_BUFFER_BYTES = 16_000_000;
+  static final int DATA_BUFFER_BYTES = 4_000_000;
 
   static {
     PipelineOptionsFactory.register(FlinkBundleOptions.class);
@@ -95,7 +98,7 @@ public final class LocalRun implements AutoCloseable {
    * {@code --maxBundleSize}: the most elements in one bundle of a streaming job on Flink (the
    * Flink job server reads it from the job's options; default 1000, as Flink's own). With Beam's
    * Flink runner (2.62), which reads a bundle's output only once the bundle is done, a bundle must
-   * send at most ~1.6 GB: bound it here, and split sources into elements that each expand to little
+   * send at most ~400 MB: bound it here, and split sources into elements that each expand to little
    * (a 10M-row job ran with {@code --streaming --maxBundleSize=20}). Registered when this class is
    * loaded ({@link #withDefaults} loads it before the arguments are parsed).
    */

@@ -66,7 +66,7 @@ public class LocalRunTest {
       assertEquals(Collections.emptyList(), options.getFilesToStage());
       // Data messages large enough for big bundles on Flink.
       assertEquals(
-          "16000000",
+          "4000000",
           ExperimentalOptions.getExperimentValue(options.as(ExperimentalOptions.class), "data_buffer_size_limit"));
       // The harness's report of the channels it leaves open is dropped.
       LogRecord report = new LogRecord(Level.SEVERE, "Previous channel was garbage collected without being shut down!");
