@@ -10,7 +10,8 @@ RunInference, InferBridge's Python BlockInference and its row-per-element Infere
 RunInference wrapper, InferBridge's Java Inference with packed blocks, on FeatureBlocks, and by
 rows) it runs the system in a fresh process tree and records rows/s, the sum of the peak RSS of
 the tree's processes, and the p50/p95 time of one model call on one batch (recorded by the
-models themselves). Results go to
+models themselves). At full size the Java block systems and their baseline run again at 10M
+rows (workload ``digits-10M``). Results go to
 ``benchmarks/results/latest.json`` (a list of objects), ``latest.md`` (the table, with ratios to
 the raw loop and to the stock system of the same language) and ``latest.png`` (a chart).
 """
@@ -47,6 +48,10 @@ JAVA_SYSTEMS = (
     "java-baseline", "stock-java", "inferbridge-java-blocks", "inferbridge-java-feature-blocks", "inferbridge-java-rows"
 )
 RAW_OF = {"python": "raw", "java": "java-baseline"}
+# At full size the Java block systems run again at 10M rows (the workload "digits-10M"), where
+# their fixed costs (JVM start, expansion, job submission: ~3 s) weigh little, with their baseline.
+LARGE_JAVA = ("java-baseline", "inferbridge-java-blocks", "inferbridge-java-feature-blocks")
+LARGE_ROWS = 10_000_000
 # (InferBridge's Python rows run as many rows as stock-python: its ratio to stock compares rates at
 # one size, where fixed costs weigh the same.)
 SLOW = {"stock-java", "inferbridge-java-rows"}
@@ -176,7 +181,7 @@ def add_ratios(results: list[dict]) -> None:
         stock = by.get((r["workload"], STOCK_OF[r["language"]]))
         r["ratio_to_raw"] = round(r["rows_per_sec"] / raw["rows_per_sec"], 3) if raw else None
         r["ratio_to_stock"] = round(r["rows_per_sec"] / stock["rows_per_sec"], 3) if stock else None
-        python = by.get((r["workload"], "inferbridge-python"))
+        python = by.get((r["workload"].removesuffix("-10M"), "inferbridge-python"))
         if r["language"] == "java" and python:
             r["ratio_to_inferbridge_python"] = round(r["rows_per_sec"] / python["rows_per_sec"], 3)
         single = by.get(("digits", r["system"]))
@@ -256,6 +261,10 @@ def main() -> int:
                 if language(system) == "java" and (workload == "torch" or (system == "stock-java" and workload != "digits")):
                     continue  # the Java benchmark runs scikit-learn models; Beam's wrapper maps no keys
                 results.append(run_system(system, workload, rows_for(system, workload, sizes), work))
+        if args.size == "full" and "digits" in args.workloads:
+            print("digits-10M:", flush=True)
+            for system in (s for s in LARGE_JAVA if s in args.systems):
+                results.append({**run_system(system, "digits", LARGE_ROWS, work), "workload": "digits-10M"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     add_ratios(results)

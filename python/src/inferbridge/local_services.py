@@ -97,8 +97,13 @@ def local_services(
 ) -> Iterator[dict[str, str]]:
     """Both services; yields the environment variables that point a pipeline at them.
 
+    The expansion service keeps one expansion process (the service's default is two, for
+    concurrent clients): a local pipeline expands its transforms one at a time, and each idle
+    process holds ~200 MB.
+
     ``job_endpoint``: a running job service (e.g. a Flink job server) to use instead of starting one.
     """
+    service_args = ["--expansion-processes=1", *service_args]
     with expansion_service(expansion_port, log_level, service_args=service_args) as expansion:
         if job_endpoint:
             yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: job_endpoint}
