@@ -7,13 +7,15 @@ A Java pipeline that uses InferBridge needs two services on this machine, and no
 
 ``inferbridge-local -- java -cp ... MyPipeline`` starts both on free loopback ports, runs the
 command with ``INFERBRIDGE_EXPANSION_SERVICE`` and ``INFERBRIDGE_JOB_ENDPOINT`` set to their
-addresses, stops both afterwards, and exits with the command's status.
+addresses, stops both afterwards, and exits with the command's status. The processes it starts
+(the expansion service, the command) get ``MALLOC_ARENA_MAX=2`` unless it is set.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import socket
 import subprocess
@@ -114,6 +116,25 @@ def local_services(
             yield {EXPANSION_SERVICE_ENV: expansion, JOB_ENDPOINT_ENV: jobs}
 
 
+# glibc's mallopt parameter for the most malloc arenas (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def _fewer_malloc_arenas() -> None:
+    """At most two malloc arenas in this process and the ones it starts (unless
+    ``MALLOC_ARENA_MAX`` is set). glibc gives threads that contend for malloc arenas of their
+    own, up to eight per core, and memory freed in one is reused by it alone: at 10M rows the job
+    service's gRPC threads, the expansion service's worker threads and the JVM each kept
+    70-100 MB more. Not glibc: nothing to change."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    os.environ["MALLOC_ARENA_MAX"] = "2"
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (AttributeError, OSError):
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="inferbridge-local",
@@ -132,6 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.add_argument(flag, action="append", default=[], help=f"{meaning}; passed to the expansion service")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
+    _fewer_malloc_arenas()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --, e.g. inferbridge-local -- java -cp ... Main")
