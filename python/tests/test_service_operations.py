@@ -406,6 +406,26 @@ def test_the_local_job_service_sends_a_large_stage_input_in_messages_while_the_b
             assert_that(intact | beam.combiners.Count.PerElement(), equal_to([((i, True), 10) for i in range(80)]))
 
 
+def test_a_stage_input_that_cannot_be_read_back_fails_the_job_instead_of_hanging(monkeypatch):
+    """If a spilled message cannot be read back while a stage's input is sent, the job fails
+    (its worker would otherwise wait for the rest of its input forever)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from inferbridge import local_runner
+
+    def unreadable(self):
+        raise OSError("the spill file is gone")
+
+    monkeypatch.setattr(local_runner._Spilled, "__bytes__", unreadable)
+    with local_runner.job_service() as address:
+        options = PipelineOptions(["--runner=PortableRunner", f"--job_endpoint={address}", "--environment_type=LOOPBACK"])
+        p = beam.Pipeline(options=options)
+        chunks = p | beam.Create(range(40)) | beam.FlatMap(lambda i: [bytes([i]) * 100_000] * 10)
+        _ = chunks | beam.Map(len).with_resource_hints(min_ram="1GB") | beam.combiners.Count.Globally()
+        with pytest.raises(Exception, match="Channel closed prematurely"):
+            p.run().wait_until_finish()
+
+
 def test_the_local_job_service_keeps_a_large_stage_output_in_a_file_it_leaves_nowhere(tmp_path, monkeypatch):
     """What a stage writes past 16 MB goes to a spill file; it reads back byte for byte, in
     order, as the buffer is iterated, partitioned, copied and sent, and the file has no name

@@ -12,8 +12,10 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from typing import Any, Iterator
 
+from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
 from apache_beam.runners.worker import data_plane
@@ -32,8 +34,6 @@ class _LoopbackJobServicer(local_job_service.LocalJobServicer):
 
 # What one stage output holds in the job service's memory; the rest goes to a spill file.
 _IN_MEMORY_BYTES = 16 << 20
-# The most each of the job service's data plane queues holds (Beam's default: 100 MB).
-_QUEUE_BYTES = 20 << 20
 
 
 class _Spilled:
@@ -110,8 +110,13 @@ class _SpillingBuffer(execution.ListBuffer):
 
 
 _BEAMS_SEND_INPUT = fn_runner.BundleManager._send_input_to_worker
-# A stream that, with what a flush leaves behind (under 10 MB), could pass protobuf's 2 GiB.
+# A stream that could pass protobuf's 2 GiB in one message.
 _LARGEST_STREAM = (2 << 30) - (64 << 20)
+_MESSAGE_BYTES = 10 << 20
+# How far the sender runs ahead of the worker: what it has queued on the data channel that gRPC
+# has not taken yet (Beam's channel queues take up to 2 x 100 MB, which reading back a spilled
+# input always filled).
+_SEND_AHEAD_BYTES = 20 << 20
 
 
 def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
@@ -128,26 +133,66 @@ def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str
     SDK harness reading each message on its own expects. The streams are made here, in the
     runner's thread, so that what fails in making them (a grouped input's triggers) fails the
     job as before. Beam's way is kept for a worker embedded in the runner's process (it reads its
-    input from a list, once, when the bundle starts) and for a stream too large for one message
-    (Beam's error names it)."""
+    input from a list, once, when the bundle starts), for a stream too large for one message
+    (Beam's error names it), and for a data channel without the queues this paces itself by."""
     streams = byte_streams.messages() if isinstance(byte_streams, _SpillingBuffer) else list(byte_streams or ())
-    if isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel) or any(
-        len(stream) > _LARGEST_STREAM for stream in streams
+    channel = self._worker_handler.data_conn
+    if (
+        isinstance(channel, data_plane.InMemoryDataChannel)
+        or not all(hasattr(channel, q) for q in ("_pending_send", "_to_send"))
+        or any(len(stream) > _LARGEST_STREAM for stream in streams)
     ):
         _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, map(bytes, streams))
         return
-    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+    threading.Thread(
+        target=_send, args=(channel, process_bundle_id, read_transform_id, streams),
+        name=f"input-{process_bundle_id}", daemon=True,
+    ).start()
 
-    def send() -> None:
-        try:
-            for stream in streams:
-                data_out.write(bytes(stream))  # read back here if it was spilled
-                data_out.maybe_flush()
-            data_out.close()
-        except Exception:  # noqa: BLE001 - a broken connection: the bundle fails on the worker's side
-            _LOGGER.exception("sending the input of %s to %s failed", process_bundle_id, read_transform_id)
 
-    threading.Thread(target=send, name=f"input-{process_bundle_id}", daemon=True).start()
+def _send(channel: Any, instruction_id: str, transform_id: str, streams: list[Any]) -> None:
+    """Queues ``streams`` on ``channel``'s send queue, in messages of about 10 MB, then the end
+    of the input, never more than ``_SEND_AHEAD_BYTES`` ahead of gRPC and never blocking on the
+    channel's queues: a worker that ends mid-input (its job failed, or its process died) leaves
+    them undrained, and a sender blocked there would hold the runner's closing of the channel,
+    and so the job, forever. It stops when the channel closes. If reading back the input fails,
+    it closes the channel, which fails the bundle and the job ("Channel closed prematurely";
+    the cause is logged here) instead of leaving the worker waiting for the rest."""
+    def put(element: Any) -> bool:
+        size = len(element.data)
+        while not channel._closed:
+            queued = channel._pending_send.byte_size() + channel._to_send.byte_size()
+            if not queued or queued + size <= _SEND_AHEAD_BYTES:
+                channel._pending_send.put((element, size), size)
+                return True
+            time.sleep(0.002)
+        return False
+
+    try:
+        for data in _messages(streams):
+            if not put(beam_fn_api_pb2.Elements.Data(instruction_id=instruction_id, transform_id=transform_id, data=data)):
+                return
+        put(beam_fn_api_pb2.Elements.Data(instruction_id=instruction_id, transform_id=transform_id, is_last=True))
+    except Exception:  # noqa: BLE001 - logged, and the job fails
+        _LOGGER.exception("sending the input of %s to %s failed; closing its data channel", instruction_id, transform_id)
+        channel.close()
+
+
+def _messages(streams: list[Any]) -> Iterator[bytes]:
+    """The streams (bytes, or spilled messages read back one at a time) joined into messages of
+    about ``_MESSAGE_BYTES``; each ends where a stream does."""
+    batch: list[bytes] = []
+    size = 0
+    for stream in streams:
+        piece = bytes(stream)
+        if batch and size + len(piece) > _MESSAGE_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+        if piece:
+            batch.append(piece)
+            size += len(piece)
+    if batch:
+        yield b"".join(batch)
 
 
 @contextlib.contextmanager
@@ -162,10 +207,6 @@ def job_service(port: int = 0) -> Iterator[str]:
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     fn_runner.BundleManager._send_input_to_worker = _send_input_in_messages
     execution.ListBuffer = fn_runner.ListBuffer = _SpillingBuffer
-    # The data plane's queues (to send to a worker, and per bundle, what a worker sent) hold up to
-    # 20 MB each, not 100 MB: reading back a spilled input outruns any worker, so the queues to
-    # send were always full (220 MB less at 10M rows, at the same speed).
-    data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = _QUEUE_BYTES
     servicer = _LoopbackJobServicer()
     bound = servicer.start_grpc_server(port)
     try:
