@@ -404,6 +404,14 @@ def test_the_local_job_service_sends_a_large_stage_input_in_messages_while_the_b
             chunks = p | beam.Create(range(80)) | beam.FlatMap(lambda i: [(i, bytes([i]) * 100_000)] * 10)
             intact = chunks | beam.Map(lambda kv: (kv[0], kv[1] == bytes([kv[0]]) * 100_000)).with_resource_hints(min_ram="1GB")
             assert_that(intact | beam.combiners.Count.PerElement(), equal_to([((i, True), 10) for i in range(80)]))
+    # Other runners in this process get Beam's own runner back.
+    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+
+    from inferbridge import local_runner
+
+    assert execution.ListBuffer is fn_runner.ListBuffer is not local_runner._SpillingBuffer
+    assert fn_runner.BundleManager._send_input_to_worker is local_runner._BEAMS_SEND_INPUT
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS > 0
 
 
 def test_a_stage_input_that_cannot_be_read_back_fails_the_job_instead_of_hanging(monkeypatch):
@@ -452,6 +460,10 @@ def test_the_local_job_service_keeps_a_large_stage_output_in_a_file_it_leaves_no
     first, second = buffer.partition(2)
     assert [bytes(m) for m in first] == messages[0::2] and [bytes(m) for m in second] == messages[1::2]
     assert list(buffer.copy()) == messages
+    merged = _SpillingBuffer(coder)
+    merged.extend(buffer)  # what it holds in memory counts: the next message goes to its file
+    merged.append(messages[0])
+    assert isinstance(merged.messages()[-1], _Spilled) and list(merged) == messages + messages[:1]
 
     # Fewer messages than workers: Beam's runner re-encodes them element by element.
     few = buffer.copy()

@@ -92,6 +92,10 @@ class _SpillingBuffer(execution.ListBuffer):
         new._inputs, new._held = list(self._inputs), self._held
         return new
 
+    def extend(self, extra: Any) -> None:
+        super().extend(extra)
+        self._held += extra._held
+
     def partition(self, n: int) -> list[list[Any]]:
         if 0 < len(self._inputs) < n:  # Beam re-encodes these element by element
             self._inputs = list(self)
@@ -204,12 +208,24 @@ def job_service(port: int = 0) -> Iterator[str]:
     # lost unsent (data_plane.TimeBasedBufferingClosableOutputStream): a 1M-row Java pipeline lost
     # whole messages of its blocks, with no error. At 0 no thread flushes; a stage's input is
     # sent by _send_input_in_messages.
-    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
-    fn_runner.BundleManager._send_input_to_worker = _send_input_in_messages
-    execution.ListBuffer = fn_runner.ListBuffer = _SpillingBuffer
-    servicer = _LoopbackJobServicer()
-    bound = servicer.start_grpc_server(port)
+    # The changes hold while the service runs (other runners in this process, e.g. a test's
+    # DirectRunner, get Beam's own afterwards).
+    changes = [
+        (worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 0),
+        (fn_runner.BundleManager, "_send_input_to_worker", _send_input_in_messages),
+        (execution, "ListBuffer", _SpillingBuffer),
+        (fn_runner, "ListBuffer", _SpillingBuffer),
+    ]
+    beams = [(owner, name, getattr(owner, name)) for owner, name, _ in changes]
+    for owner, name, value in changes:
+        setattr(owner, name, value)
     try:
-        yield f"127.0.0.1:{bound}"
+        servicer = _LoopbackJobServicer()
+        bound = servicer.start_grpc_server(port)
+        try:
+            yield f"127.0.0.1:{bound}"
+        finally:
+            servicer.stop()
     finally:
-        servicer.stop()
+        for owner, name, value in beams:
+            setattr(owner, name, value)
