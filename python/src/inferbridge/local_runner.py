@@ -1,8 +1,8 @@
 """The portable job service ``inferbridge-local`` runs: Beam's local job service (its
 FnApiRunner), with what InferBridge changes in how that runner moves data between stages.
 
-These replace attributes of Beam's runner modules in the process that runs the service (as
-``job_service()`` is entered); a Beam upgrade must recheck them against the runner's code.
+These replace attributes of Beam's runner modules in the process that runs the service, while
+``job_service()`` runs; a Beam upgrade must recheck them against the runner's code.
 """
 
 from __future__ import annotations
