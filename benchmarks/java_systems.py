@@ -10,9 +10,9 @@ rows made as ``FeatureBlock``s of 1000 for ``Inference.overBlocks``, the block-l
 ``inferbridge-java-rows`` (one Row per element) and ``java-baseline`` (the same Rows counted
 without inference: the Java input and the runner alone), each a ``JavaThroughput`` pipeline on
 Beam's local portable job service, in a JVM with a 512 MB heap (``JAVA_HEAP``: the same for
-every system; a JVM left to size its heap keeps what it may, ~1 GB here, at the same speed). The time is the pipeline's construction (with the
-cross-language expansion) plus its run until the last result is written; the job service's fixed
-five-second teardown after that is left out.
+every system; a JVM left to size its heap keeps what it may, ~1 GB here, at the same speed).
+The time is the pipeline's construction (with the cross-language expansion) plus its run until
+the last result is written; the job service's fixed five-second teardown after that is left out.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ RAW_OF = {"python": "raw", "java": "java-baseline"}
 # their fixed costs (JVM start, expansion, job submission: ~3 s) weigh little, with their baseline.
 LARGE_JAVA = ("java-baseline", "inferbridge-java-blocks", "inferbridge-java-feature-blocks")
 LARGE_ROWS = 10_000_000
+LARGE_WORKLOAD = "digits-10M"
 # (InferBridge's Python rows run as many rows as stock-python: its ratio to stock compares rates at
 # one size, where fixed costs weigh the same.)
 SLOW = {"stock-java", "inferbridge-java-rows"}
@@ -181,7 +182,7 @@ def add_ratios(results: list[dict]) -> None:
         stock = by.get((r["workload"], STOCK_OF[r["language"]]))
         r["ratio_to_raw"] = round(r["rows_per_sec"] / raw["rows_per_sec"], 3) if raw else None
         r["ratio_to_stock"] = round(r["rows_per_sec"] / stock["rows_per_sec"], 3) if stock else None
-        python = by.get((r["workload"].removesuffix("-10M"), "inferbridge-python"))
+        python = by.get(("digits" if r["workload"] == LARGE_WORKLOAD else r["workload"], "inferbridge-python"))
         if r["language"] == "java" and python:
             r["ratio_to_inferbridge_python"] = round(r["rows_per_sec"] / python["rows_per_sec"], 3)
         single = by.get(("digits", r["system"]))
@@ -262,9 +263,9 @@ def main() -> int:
                     continue  # the Java benchmark runs scikit-learn models; Beam's wrapper maps no keys
                 results.append(run_system(system, workload, rows_for(system, workload, sizes), work))
         if args.size == "full" and "digits" in args.workloads:
-            print("digits-10M:", flush=True)
+            print(f"{LARGE_WORKLOAD}:", flush=True)
             for system in (s for s in LARGE_JAVA if s in args.systems):
-                results.append({**run_system(system, "digits", LARGE_ROWS, work), "workload": "digits-10M"})
+                results.append({**run_system(system, "digits", LARGE_ROWS, work), "workload": LARGE_WORKLOAD})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     add_ratios(results)

@@ -116,7 +116,8 @@ class _SpillingBuffer(execution.ListBuffer):
 _BEAMS_SEND_INPUT = fn_runner.BundleManager._send_input_to_worker
 # A stream that could pass protobuf's 2 GiB in one message.
 _LARGEST_STREAM = (2 << 30) - (64 << 20)
-_MESSAGE_BYTES = 10 << 20
+# Messages of the size Beam's data plane flushes at (10 MB).
+_MESSAGE_BYTES = data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD
 # How far the sender runs ahead of the worker: what it has queued on the data channel that gRPC
 # has not taken yet (Beam's channel queues take up to 2 x 100 MB, which reading back a spilled
 # input always filled).
@@ -143,7 +144,7 @@ def _send_input_in_messages(self, process_bundle_id: str, read_transform_id: str
     channel = self._worker_handler.data_conn
     if (
         isinstance(channel, data_plane.InMemoryDataChannel)
-        or not all(hasattr(channel, q) for q in ("_pending_send", "_to_send"))
+        or not all(hasattr(channel, a) for a in ("_pending_send", "_to_send", "_closed"))
         or any(len(stream) > _LARGEST_STREAM for stream in streams)
     ):
         _BEAMS_SEND_INPUT(self, process_bundle_id, read_transform_id, map(bytes, streams))
