@@ -2,7 +2,7 @@
 
 The bound holds per worker process (one resident set, shared by the process's threads); threads
 serving different keys at once evict each other's models. This script runs the composite with three
-per-key models on the DirectRunner and prints the number of model loads for several bounds
+per-key models on Beam's FnApiRunner and prints the number of model loads for several bounds
 and worker counts (a load beyond the number of models means an eviction and a reload).
 
     .venv/bin/python benchmarks/model_memory_bound.py
@@ -41,7 +41,7 @@ def run(paths: list[str], bound: int, workers: int, rows: int = 6000) -> tuple[i
     keys = ["a", "b", "c", "d", "e", "f"]
     data = [beam.Row(id=i, region=keys[i % 6], pixels=[float(v) for v in pixels[i % len(pixels)]]) for i in range(rows)]
     options = PipelineOptions(direct_num_workers=workers, direct_running_mode="multi_threading" if workers > 1 else "in_memory")
-    p = beam.Pipeline(options=options)
+    p = beam.Pipeline(runner="FnApiRunner", options=options)
     _ = p | beam.Create(data) | Inference(
         [Model.sklearn(path, model_id=f"m{i}", keys=keys[2 * i : 2 * i + 2]) for i, path in enumerate(paths)],
         key_field="region",

@@ -7,7 +7,8 @@ row with too few pixels, added on purpose) are written to a file instead of fail
     python examples/digits/train_model.py /tmp/digits
     python examples/python/digits_ab.py /tmp/digits /tmp/digits-out [BEAM PIPELINE OPTIONS...]
 
-Beam's pipeline options choose where it runs (default: Beam's local runner), e.g.
+Beam's pipeline options choose where it runs (default: Beam's FnApiRunner, in this process;
+Beam 2.77's DirectRunner would first download its Prism runner from GitHub), e.g.
 ``--runner=PortableRunner --job_endpoint=localhost:8099 --environment_type=EXTERNAL
 --environment_config=localhost:50000`` for a job service whose Python workers come from a worker
 pool (such as the InferBridge image's ``worker-pool`` role).
@@ -21,6 +22,7 @@ import json
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from inferbridge import Evaluate, Inference, LoadPolicy, Model, Step
 
@@ -49,7 +51,10 @@ def main() -> None:
     args, pipeline_args = parser.parse_known_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
-    with beam.Pipeline(argv=pipeline_args) as p:
+    options = PipelineOptions(pipeline_args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    with beam.Pipeline(options=options) as p:
         result = p | beam.Create(read_rows(args.model_dir)) | Inference(
             [
                 Model.sklearn(str(args.model_dir / "digits.pkl"), output="predict_proba", model_id="a", keys=["a"]),
