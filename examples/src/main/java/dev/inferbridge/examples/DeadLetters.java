@@ -60,7 +60,7 @@ public final class DeadLetters {
     java.nio.file.Path input = options.getInput() != null ? java.nio.file.Paths.get(options.getInput()) : ExampleIo.data(options, "test_rows.csv");
     List<Row> rows = new ArrayList<>();
     for (String[] cells : ExampleIo.csvCells(input)) {
-      rows.add(Row.withSchema(LENIENT_SCHEMA).addValues(Long.parseLong(cells[0]), pixels(cells)).build());
+      rows.add(Row.withSchema(LENIENT_SCHEMA).attachValues(Long.parseLong(cells[0]), pixels(cells)));
     }
     try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);

@@ -35,7 +35,7 @@ public final class PerKeyModels {
     List<Row> rows = new ArrayList<>();
     for (Row digit : ExampleIo.readDigits(ExampleIo.data(options, "test_rows.csv"))) {
       long id = digit.getInt64("id");
-      rows.add(Row.withSchema(REGIONAL_SCHEMA).addValues(id, REGIONS[(int) (id % 6)], digit.getArray("pixels")).build());
+      rows.add(Row.withSchema(REGIONAL_SCHEMA).attachValues(id, REGIONS[(int) (id % 6)], digit.getArray("pixels")));
     }
     try (LocalRun local = LocalRun.start(options)) {
       Pipeline pipeline = Pipeline.create(options);
