@@ -1,6 +1,7 @@
 """Nothing is lost: every input row leaves as one inference or one failure with its reason."""
 
 import json
+import re
 import typing
 
 import apache_beam as beam
@@ -221,6 +222,84 @@ def test_a_model_failure_is_isolated_to_the_bad_examples(digits_model, held_out,
     counters = {c.key.metric.name: c.committed for c in run.metrics().query()["counters"] if c.key.metric.namespace == "InferBridge"}
     assert counters["model_picky_failed_examples"] == 3
     assert counters["model_picky_batch_splits"] >= 3
+
+
+@pytest.mark.parametrize("layout", ["rows", "blocks"])
+def test_a_model_file_that_does_not_load_fails_its_rows_and_the_other_model_serves(
+    model_files, digits_model, held_out, tmp_path, layout
+):
+    """A joblib file given as a pickle, and a pickle of something that is no model: their rows
+    are failures naming the file, the format and what failed; the good model serves its rows,
+    and each broken file is read once, not once per batch."""
+    import pickle
+    import shutil
+
+    from inferbridge.policy import LoadPolicy
+
+    shutil.copy(model_files["joblib"], tmp_path / "saved-with-joblib.pkl")
+    (tmp_path / "not-a-model.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
+    shutil.copy(model_files["pickle"], tmp_path / "good.pkl")
+    models = [
+        Model.sklearn(str(tmp_path / "good.pkl"), model_id="good", keys=["good"]),
+        Model.sklearn(str(tmp_path / "saved-with-joblib.pkl"), model_id="joblib", keys=["joblib"]),
+        Model.sklearn(str(tmp_path / "not-a-model.pkl"), model_id="dict", keys=["dict"]),
+    ]
+    pixels, _ = held_out
+    variants = ["good", "joblib", "dict"]
+    rows = [beam.Row(id=i, variant=variants[i % 3], pixels=[float(v) for v in pixels[i]]) for i in range(60)]
+    if layout == "blocks":
+        elements = [pa.RecordBatch.from_pylist([r.as_dict() for r in rows[i : i + 10]]) for i in range(0, 60, 10)]
+        composite = BlockInference
+    else:
+        elements, composite = rows, Inference
+    expected = digits_model.predict(pixels[:60] / 16)
+    p = beam.Pipeline()
+    result = p | beam.Create(elements) | composite(
+        models,
+        key_field="variant",
+        feature_fields="pixels",
+        passthrough_fields=["id"],
+        preprocess=[Step("scale", factor=1 / 16)],
+        max_batch_size=6,  # several batches: a broken file is not read again for each
+        policy=LoadPolicy(trusted_roots=(str(tmp_path),)),
+    )
+    served = result.inferences
+    if layout == "blocks":
+        served = served | beam.FlatMap(lambda b: b.to_pylist()) | beam.Map(lambda d: beam.Row(**d))
+    assert_that(
+        served | beam.Map(lambda r: (r.id, r.model_id, r.inference)),
+        equal_to([(i, "good", float(expected[i])) for i in range(0, 60, 3)]),
+    )
+    assert_that(
+        # (the byte pickle stops at is pickle's own business)
+        result.failures
+        | beam.Map(lambda f: (f.key, f.stage, f.model_id, f.error_type, re.sub(r"load key, '.*?'", "load key", f.message))),
+        equal_to(
+            [
+                (
+                    "joblib", "inference", "joblib", "ModelLoadError",
+                    f"models[1].uri={str(tmp_path / 'saved-with-joblib.pkl')!r} could not be loaded as sklearn "
+                    f"format 'pickle': UnpicklingError: invalid load key.; a file saved with "
+                    "joblib.dump needs format='joblib'",
+                )
+            ] * 20
+            + [
+                (
+                    "dict", "inference", "dict", "ModelLoadError",
+                    f"models[2].uri={str(tmp_path / 'not-a-model.pkl')!r} could not be loaded as sklearn format "
+                    "'pickle': TypeError: the file holds a builtins.dict, which has no predict() method; allowed: "
+                    "a scikit-learn model (or any object) with predict()",
+                )
+            ] * 20
+        ),
+        label="Failures",
+    )
+    run = p.run()
+    run.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in run.metrics().query()["counters"] if c.key.metric.namespace == "InferBridge"}
+    assert counters["model_load_failures"] == 2
+    assert counters["model_joblib_failed_examples"] == counters["model_dict_failed_examples"] == 20
+    assert counters["model_good_examples"] == 20
 
 
 def test_misbehaving_steps_fail_their_elements_instead_of_the_bundle(model_files, digits_model, held_out, trusting):

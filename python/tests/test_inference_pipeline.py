@@ -120,6 +120,19 @@ def test_rows_carry_the_preprocessed_example_and_passthrough_fields(model_files,
         )
 
 
+def test_one_passthrough_field_may_be_given_as_a_string_like_one_feature_field(model_files, held_out, trusting):
+    pixels, labels = held_out
+    rows = [beam.Row(id=i, pixels=[float(v) for v in pixels[i]], label=int(labels[i])) for i in range(3)]
+    transform = Inference(
+        Model.sklearn(model_files["pickle"]), key_field="id", feature_fields="pixels", passthrough_fields="label",
+        preprocess=[Step("scale", factor=1 / 16)], policy=trusting,
+    )
+    assert transform.spec.passthrough_fields == ("label",)
+    with beam.Pipeline() as p:
+        result = p | beam.Create(rows) | transform
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.label)), equal_to([(i, int(labels[i])) for i in range(3)]))
+
+
 @pytest.mark.parametrize("with_a_bad_row", [False, True], ids=["all-good", "one-null-row"])
 def test_rows_of_numpy_arrays_get_their_examples_as_numpy_arrays(model_files, digits_model, held_out, trusting, with_a_bad_row):
     # A Row's features as a numpy array (as a Beam user's numpy rows are) come back as a float64

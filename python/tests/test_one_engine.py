@@ -150,7 +150,8 @@ def test_every_counter_is_reported_and_unnamed_models_are_named_by_position(summ
     assert counters == {
         "rows_in": 10, "inferences_out": 10, "model_0_examples": 10, "model_loads": counters["model_loads"],
         **{f"{stage}_failures": 0 for stage in ("input", "routing", "preprocess", "inference", "postprocess", "output")},
-        "model_0_failed_examples": 0, "model_0_batch_splits": 0, "model_reload_failures": 0, "model_watch_reloads": 0,
+        "model_0_failed_examples": 0, "model_0_batch_splits": 0, "model_load_failures": 0, "model_reload_failures": 0,
+        "model_watch_reloads": 0,
     }
     assert counters["model_loads"] >= 1
     assert sizes["model_0_batch_size_examples"].sum == 10

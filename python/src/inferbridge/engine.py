@@ -249,6 +249,11 @@ class ModelRunner:
         for counter in (self._examples, self._failed, self._splits):
             counter.inc(0)
 
+    def count_failed(self, rows: int) -> None:
+        """Counts rows the model could not serve at all (its file did not load)."""
+        self._setup()
+        self._failed.inc(rows)
+
     def predict(
         self, matrix: np.ndarray, model: Any, inference_args: Optional[dict], keep_inputs: bool
     ) -> tuple[np.ndarray, Optional[np.ndarray], dict[int, Failed]]:
@@ -445,8 +450,15 @@ class BlockModels(ModelHandler):
         present = self._ids[:1] if route is None else [self._ids[m] for m in np.unique(route).tolist()]
         for model_id in models.resident_first(present):
             rows = slice(None) if route is None else np.flatnonzero(route == self._ids.index(model_id))
+            try:
+                model = models.get(model_id)
+            except Exception as e:  # noqa: BLE001 - a model that does not load fails its rows only
+                positions = range(size) if route is None else rows.tolist()
+                failed.update({int(r): Failed("inference", None, e) for r in positions})
+                self._runners[model_id].count_failed(len(positions))
+                continue
             y, x, model_failed = self._runners[model_id].predict(
-                matrix[rows], models.get(model_id), inference_args, self._keep_inputs
+                matrix[rows], model, inference_args, self._keep_inputs
             )
             outputs.append((rows, y))
             inputs.append((rows, x))

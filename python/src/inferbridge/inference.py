@@ -138,7 +138,7 @@ class Inference(beam.PTransform):
             models=models,
             preprocess=tuple(preprocess),
             postprocess=tuple(postprocess),
-            passthrough_fields=tuple(passthrough_fields),
+            passthrough_fields=passthrough_fields,
             **options,
         )
         self._model_updates = model_updates

@@ -139,6 +139,10 @@ class ModelSlot:
         Metrics.counter(self._namespace, "model_watch_reloads").inc()
 
 
+# How long a model whose file failed to load fails its rows before the file is read again.
+RETRY_FAILED_LOAD_SECS = 60.0
+
+
 class ResidentModels:
     """The models loaded in one worker process: at most ``limit``, least recently used leave first.
 
@@ -151,13 +155,17 @@ class ResidentModels:
         self._slots = slots
         self._limit = limit
         self._loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        # Loads that failed: model id -> (its file, when, the error), raised again until the
+        # file changes or RETRY_FAILED_LOAD_SECS pass, so that a broken file is not read per batch.
+        self._failed: dict[str, tuple[str, float, BaseException]] = {}
         self._lock = threading.Lock()
         self._namespace = namespace
         self._loads = Metrics.counter(namespace, "model_loads")
+        self._load_failures = Metrics.counter(namespace, "model_load_failures")
 
     def report_zero_counters(self) -> None:
         """Reports the load and refresh counters (as 0 until they count)."""
-        for name in ("model_loads", "model_reload_failures", "model_watch_reloads"):
+        for name in ("model_loads", "model_load_failures", "model_reload_failures", "model_watch_reloads"):
             Metrics.counter(self._namespace, name).inc(0)
 
     def resident_first(self, model_ids: Iterable[str]) -> list[str]:
@@ -169,9 +177,20 @@ class ResidentModels:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
+            slot = self._slots[model_id]
+            failed = self._failed.get(model_id)
+            if failed and failed[0] == slot.uri and time.monotonic() - failed[1] < RETRY_FAILED_LOAD_SECS:
+                raise failed[2]
             if self._limit and len(self._loaded) >= self._limit:
                 self._loaded.popitem(last=False)
-            model = self._slots[model_id].load_model()
+            try:
+                model = slot.load_model()
+            except Exception as e:
+                _LOGGER.error("Model %r: %s; its rows go to the failures output", model_id, e)
+                self._load_failures.inc()
+                self._failed[model_id] = (slot.uri, time.monotonic(), e)
+                raise
+            self._failed.pop(model_id, None)
             self._loads.inc()
             self._loaded[model_id] = model
             return model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
@@ -66,6 +67,20 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     return CheckedModelHandler(model, policy, kind, where)
 
 
+class ModelLoadError(Exception):
+    """A model file that its framework could not load (corrupt, or of another format than
+    given), naming the file, the framework and format, and what failed."""
+
+    def __init__(self, model: Model, uri: str, where: str, error: BaseException) -> None:
+        hint = ""
+        if model.format == "pickle" and isinstance(error, pickle.UnpicklingError):
+            hint = "; a file saved with joblib.dump needs format='joblib'"
+        super().__init__(
+            f"{where}.uri={uri!r} could not be loaded as {model.framework} format {model.format!r}: "
+            f"{type(error).__name__}: {error}{hint}"
+        )
+
+
 class CheckedModelHandler(ModelHandler):
     """A Beam framework handler with the policy, the pin, model refresh and uniform results.
 
@@ -108,7 +123,12 @@ class CheckedModelHandler(ModelHandler):
         set_env_vars(self._model.env_vars)
         with model_files.open_model(self._model, self._uri, self._policy, self._where) as file:
             self._warn_if_cuda_missing()
-            return self._framework.load(self._model, file, self._policy, self._where)
+            try:
+                return self._framework.load(self._model, file, self._policy, self._where)
+            except Exception as e:
+                if str(e).startswith(f"{self._where}."):  # InferBridge's own, naming the model
+                    raise
+                raise ModelLoadError(self._model, self._uri, self._where, e) from e
 
     def newest_watched(self) -> Optional[str]:
         """The newest file of the model's watch pattern that it may be loaded from, if any."""

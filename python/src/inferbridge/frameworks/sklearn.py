@@ -51,12 +51,20 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
 
 def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
     if model.format == "skops":
-        return _load_skops(file.data(), model.uri, where)
-    if model.format == "joblib":
+        loaded = _load_skops(file.data(), model.uri, where)
+    elif model.format == "joblib":
         import joblib
 
-        return joblib.load(file.file)
-    return pickle.load(file.file)
+        loaded = joblib.load(file.file)
+    else:
+        loaded = pickle.load(file.file)
+    if not callable(getattr(loaded, model.output, None)):
+        kind = type(loaded)
+        raise TypeError(
+            f"the file holds a {kind.__module__}.{kind.__qualname__}, which has no {model.output}() method; "
+            f"allowed: a scikit-learn model (or any object) with {model.output}()"
+        )
+    return loaded
 
 
 def _load_skops(data: bytes, uri: str, where: str) -> Any:
