@@ -145,7 +145,7 @@ def test_a_long_min_ram_is_refused_before_beam_parses_it(length):
 
 
 def test_accelerator_length():
-    spec(accelerator="a" * bounds.MAX_ACCELERATOR_CHARS)
+    spec(accelerator="type:" + "a" * (bounds.MAX_ACCELERATOR_CHARS - 5))
     refused(lambda: spec(accelerator="a" * 257), "accelerator=", "at most 256 characters")
 
 

@@ -302,6 +302,54 @@ def test_a_model_file_that_does_not_load_fails_its_rows_and_the_other_model_serv
     assert counters["model_good_examples"] == 20
 
 
+def test_a_classifier_with_text_classes_says_how_to_get_its_labels_and_that_way_works(digits, held_out, tmp_path):
+    """output='predict' is a number: a classifier whose classes are text fails its rows saying
+    what to use instead, and what it says gives the classifier's own labels."""
+    import pickle
+
+    from sklearn.linear_model import LogisticRegression
+
+    from inferbridge.policy import LoadPolicy
+
+    pixels, labels = digits
+    named = LogisticRegression(max_iter=3000).fit(pixels[:600] / 16, np.array(NAMES)[labels[:600]])
+    path = tmp_path / "named.pkl"
+    path.write_bytes(pickle.dumps(named))
+    test_pixels, _ = held_out
+    rows = [good(i, test_pixels[i]) for i in range(5)]
+    policy = LoadPolicy(trusted_roots=(str(tmp_path),))
+    common = dict(key_field="id", feature_fields="pixels", preprocess=[Step("scale", factor=1 / 16)], policy=policy)
+    with beam.Pipeline() as p:
+        created = p | beam.Create(rows)
+        wrong = created | "Predict" >> Inference(Model.sklearn(str(path)), **common)
+        right = created | "Labels" >> Inference(
+            Model.sklearn(str(path), output="predict_proba"),
+            postprocess=[Step("argmax"), Step("labels", names=[str(c) for c in named.classes_])],
+            **common,
+        )
+        assert_that(wrong.inferences, equal_to([]), label="NoNumbers")
+        assert_that(
+            wrong.failures | beam.Map(lambda f: (f.stage, f.message.split("could not be loaded as sklearn format 'pickle': ")[1])),
+            equal_to(
+                [
+                    (
+                        "inference",
+                        "TypeError: the classifier's classes are not numbers, and output='predict' gives a number; "
+                        "allowed: output='predict_proba' with postprocess=[Step('argmax'), Step('labels', names="
+                        f"{[str(c) for c in named.classes_]!r})], which gives the labels",
+                    )
+                ]
+                * 5
+            ),
+            label="SaysHow",
+        )
+        assert_that(
+            right.inferences | beam.Map(lambda r: (r.key, r.inference)),
+            equal_to([(i, str(v)) for i, v in enumerate(named.predict(test_pixels[:5] / 16))]),
+            label="Labels",
+        )
+
+
 def test_misbehaving_steps_fail_their_elements_instead_of_the_bundle(model_files, digits_model, held_out, trusting):
     pixels, _ = held_out
     rows = [good(i, pixels[i]) for i in range(6)]

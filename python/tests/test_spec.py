@@ -100,6 +100,8 @@ def test_options_are_keyword_only_after_the_essentials():
         (dict(max_models_per_worker=-1), "max_models_per_worker must be a positive integer, got -1"),
         (dict(min_ram="lots"), "min_ram='lots' is not a memory size"),
         (dict(accelerator="gpu\r\x80"), "accelerator='gpu\\r\\x80' must be printable ASCII"),
+        (dict(accelerator="gpu"), "accelerator='gpu' is not an accelerator hint; allowed: 'type:TYPE' then"),
+        (dict(accelerator="type:nvidia-l4;count:0"), "accelerator='type:nvidia-l4;count:0' is not an accelerator hint"),
         (dict(preprocess=[Step("blur")]), "preprocess step 'blur' is not registered; available:"),
         (dict(preprocess=[Step("scale")]), "preprocess step 'scale': parameter 'factor' is required"),
         (dict(preprocess=[Step("scale", factor="2")]), "preprocess step 'scale': parameter 'factor' must be a number, got '2'"),

@@ -163,6 +163,14 @@ def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> 
                 f"accelerator={accelerator!r} must be printable ASCII, e.g. "
                 "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
             )
+        parts = dict(part.partition(":")[::2] for part in accelerator.split(";"))
+        count = parts.get("count", "1")
+        if not parts.get("type") or not (count.isdigit() and int(count) > 0):
+            raise ValueError(
+                f"accelerator={accelerator!r} is not an accelerator hint; allowed: 'type:TYPE' then "
+                "';'-separated options: 'count:N' (N >= 1) and flags, e.g. "
+                "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
+            )
 
 
 StepLike = Union[Step, Callable[[Any], Any]]

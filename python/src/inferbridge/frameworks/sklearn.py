@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from inferbridge import steps
+from inferbridge.bounds import shorten
 from inferbridge.frameworks.base import Framework, check_options, import_library, matrix
 
 if TYPE_CHECKING:
@@ -63,6 +64,16 @@ def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
         raise TypeError(
             f"the file holds a {kind.__module__}.{kind.__qualname__}, which has no {model.output}() method; "
             f"allowed: a scikit-learn model (or any object) with {model.output}()"
+        )
+    classes = getattr(loaded, "classes_", None)
+    if model.output == "predict" and isinstance(classes, np.ndarray) and classes.dtype.kind not in "biuf":
+        # predict() would give the labels, and InferBridge's 'predict' output is a number.
+        names = [str(c) for c in classes.tolist()]
+        listed = repr(names) if len(repr(names)) <= 1000 else shorten(names)
+        raise TypeError(
+            f"the classifier's classes are not numbers, and output='predict' gives a number; allowed: "
+            f"output='predict_proba' with postprocess=[Step('argmax'), Step('labels', names={listed})], "
+            "which gives the labels"
         )
     return loaded
 
