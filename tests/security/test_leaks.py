@@ -14,8 +14,20 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
-from attack_support import START_TIMEOUT_SECS, Service, assert_healthy, expand, expansion_request, launch, native_request, stop
+from apache_beam.portability.api import beam_expansion_api_pb2_grpc
+from attack_support import (
+    START_TIMEOUT_SECS,
+    Service,
+    assert_healthy,
+    channel_to,
+    expand,
+    expansion_request,
+    launch,
+    native_request,
+    stop,
+)
 
 from inferbridge import Model, healthcheck
 from inferbridge.local_services import wait_until_serving
@@ -123,6 +135,35 @@ def test_an_expansion_past_its_deadline_is_stopped_and_its_cpu_use_ends(leak_ser
     # And it still expands (a fresh process replaced the stopped one).
     quick = expand(service, expansion_request(SLOW_URN, b"sleep=0"))
     assert not quick.error, quick.error
+
+
+def test_a_clients_short_deadline_does_not_cost_the_service_a_process(leak_service):
+    """Past a client's own deadline (shorter than the service's) the expansion goes on, its
+    answer unread, and its process serves the next one: a client that always gives a short
+    deadline cannot make the service kill and restart processes (an interpreter importing Beam
+    each)."""
+    service, _ = leak_service
+    pid = service.process.pid
+    assert not expand(service, expansion_request(SLOW_URN, b"sleep=0")).error  # both processes ready
+    processes = set(_process_tree_cpu(pid)) - {pid}
+    with channel_to(service) as channel:
+        stub = beam_expansion_api_pb2_grpc.ExpansionServiceStub(channel)
+        for _ in range(6):
+            try:  # the service answers at the client's deadline: the answer may come, or not
+                answer = stub.Expand(expansion_request(SLOW_URN, b"sleep=1.5"), timeout=0.5).error
+            except grpc.RpcError as e:
+                answer = e.code()
+            assert answer == grpc.StatusCode.DEADLINE_EXCEEDED or "did not finish within the client's deadline" in answer
+    # Each expansion ends within the service's deadline, and its process takes the next.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        quick = expand(service, expansion_request(SLOW_URN, b"sleep=0"))
+        assert not quick.error, quick.error
+        if set(_process_tree_cpu(pid)) - {pid} == processes:
+            break
+        time.sleep(0.5)
+    assert set(_process_tree_cpu(pid)) - {pid} == processes, "expansion processes were replaced"
+    _healthy_within_bound(service)
 
 
 def test_expansions_leave_no_temporary_directories(leak_service, good_model):

@@ -159,14 +159,19 @@ class InferBridgeExpansionServicer(beam_expansion_api_pb2_grpc.ExpansionServiceS
         started = time.monotonic()
         try:
             response = beam_expansion_api_pb2.ExpansionResponse.FromString(
-                self._workers.expand(request.SerializeToString(), timeout)
+                self._workers.expand(request.SerializeToString(), timeout, self._timeout_secs)
             )
         except TimeoutError:
+            if timeout < self._timeout_secs:
+                return self._refuse(
+                    urn,
+                    f"the expansion of {urn} did not finish within the client's deadline ({timeout:.1f} s); "
+                    f"it is stopped if it runs past the service's --expansion-timeout-secs ({self._timeout_secs:g} s)",
+                )
             return self._refuse(
                 urn,
                 f"the expansion of {urn} did not finish within {timeout:.1f} s (the service's "
-                f"--expansion-timeout-secs is {self._timeout_secs:g}, or the client's deadline was "
-                "shorter); it was stopped",
+                f"--expansion-timeout-secs is {self._timeout_secs:g}); it was stopped",
             )
         except _WorkerLost as e:
             return self._refuse(urn, f"the expansion of {urn} failed: {e}")
@@ -273,36 +278,64 @@ class _ExpansionWorkers:
             if not self._ready(worker, timeout_secs):
                 raise OSError(f"an expansion process did not start within {timeout_secs:g} s:\n{worker.process}")
 
-    def expand(self, request: bytes, timeout_secs: float) -> bytes:
-        """The serialized response; TimeoutError when it takes longer than ``timeout_secs``,
-        counting the wait for a free process."""
-        deadline = time.monotonic() + timeout_secs
+    def expand(self, request: bytes, answer_secs: float, stop_secs: float) -> bytes:
+        """The serialized response; TimeoutError when there is none within ``answer_secs``
+        (counting the wait for a free process). An expansion still running then goes on, its
+        answer unread, until ``stop_secs`` after the request came: only then is its process
+        killed. So a client's short deadline never costs the service a process (a fresh one is
+        a new interpreter importing Beam), however often it comes."""
+        now = time.monotonic()
+        answer_by, stop_by = now + answer_secs, now + max(answer_secs, stop_secs)
         with self._changed:
-            if not self._changed.wait_for(lambda: self._idle, timeout=max(0.0, timeout_secs)):
+            if not self._changed.wait_for(lambda: self._idle, timeout=max(0.0, answer_secs)):
                 raise TimeoutError
             worker = self._idle.pop()
-        answered = False
         try:
             worker.conn.send_bytes(request)
-            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError
-            response = worker.conn.recv_bytes()
-            answered = True
-            return response
+            if worker.conn.poll(max(0.0, answer_by - time.monotonic())):
+                response = worker.conn.recv_bytes()
+                self._release(worker)
+                return response
         except (EOFError, ConnectionError):  # not TimeoutError, also an OSError
-            worker.process.join(timeout=5)
+            exit_code = self._lost(worker)
             raise _WorkerLost(
-                f"its process ended without an answer (exit code {worker.process.exitcode}); "
-                "it may have run out of memory"
+                f"its process ended without an answer (exit code {exit_code}); it may have run out of memory"
             ) from None
-        finally:
-            if answered:
-                with self._changed:
-                    self._idle.append(worker)
-                    self._changed.notify()
-            else:  # stopped, or ended: a fresh process takes its place
-                self._discard(worker)
-                threading.Thread(target=self._replace, name="inferbridge-expansion-start", daemon=True).start()
+        except BaseException:
+            self._stop(worker)
+            raise
+        threading.Thread(target=self._finish, args=(worker, stop_by), name="inferbridge-expansion-finish", daemon=True).start()
+        raise TimeoutError
+
+    def _finish(self, worker: _Worker, stop_by: float) -> None:
+        """Reads and drops the answer nobody waits for any more; stops the process at ``stop_by``."""
+        try:
+            if worker.conn.poll(max(0.0, stop_by - time.monotonic())):
+                worker.conn.recv_bytes()
+                self._release(worker)
+                return
+        except (EOFError, OSError):
+            self._lost(worker)
+            return
+        _LOGGER.warning("An expansion ran past the service's --expansion-timeout-secs; its process was stopped")
+        self._stop(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        with self._changed:
+            self._idle.append(worker)
+            self._changed.notify()
+
+    def _lost(self, worker: _Worker) -> Optional[int]:
+        """Replaces a process that ended (or closed its end of the pipe); its exit code."""
+        worker.process.join(timeout=5)
+        exit_code = worker.process.exitcode
+        self._stop(worker)
+        return exit_code
+
+    def _stop(self, worker: _Worker) -> None:
+        """Kills the process (if it still runs) and starts a fresh one in its place."""
+        self._discard(worker)
+        threading.Thread(target=self._replace, name="inferbridge-expansion-start", daemon=True).start()
 
     def close(self) -> None:
         with self._changed:
