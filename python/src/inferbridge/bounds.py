@@ -26,6 +26,9 @@ MAX_ACCELERATOR_CHARS = 256  # e.g. type:nvidia-tesla-t4;count:1;install-nvidia-
 MAX_OPTIONS_JSON_CHARS = 64 * 1024  # a model's options
 MAX_PARAMS_JSON_CHARS = 1024 * 1024  # a step's params: label lists, per-feature mean/std
 MAX_JSON_DEPTH = 32  # nesting of arrays and objects
+# Fields of a configuration Row's schema, nested rows' included (InferBridge's own have ~60):
+# Beam's RowCoder takes time that grows with their square (4 minutes at 250,000).
+MAX_SCHEMA_FIELDS = 1_000
 
 # Counts.
 MAX_MODELS = 1024

@@ -85,6 +85,7 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
     Raises ``Refusal`` (nothing but the constructor name was decoded) or ``KwargsError``.
     """
     payload = _parse_payload(request.transform.spec.payload)
+    check_schema_size(payload.schema)
     found = logical_types(payload.schema)
     if found:
         raise Refusal(describe_logical_types(found))
@@ -137,6 +138,33 @@ def logical_types(schema: schema_pb2.Schema, path: str = "") -> list[tuple[str, 
     """Every ``(field path, logical type URN)`` in a schema, through rows, arrays, maps, options
     and the representations and arguments of logical types themselves."""
     return list(_schema_logical_types(schema, path))
+
+
+def check_schema_size(schema: schema_pb2.Schema) -> None:
+    """Refuses a Row schema of more than ``bounds.MAX_SCHEMA_FIELDS`` fields, nested rows' included,
+    before anything decodes a Row of it."""
+    count, pending = 0, [schema]
+    while pending:
+        fields = pending.pop().fields
+        count += len(fields)
+        if count > bounds.MAX_SCHEMA_FIELDS:
+            raise Refusal(
+                f"the configuration Row's schema has more than {bounds.MAX_SCHEMA_FIELDS} fields (nested rows "
+                "included); allowed: at most that many"
+            )
+        for field in fields:
+            pending.extend(_row_schemas(field.type))
+
+
+def _row_schemas(field_type: schema_pb2.FieldType) -> Iterator[schema_pb2.Schema]:
+    kind = field_type.WhichOneof("type_info")
+    if kind == "row_type":
+        yield field_type.row_type.schema
+    elif kind in ("array_type", "iterable_type"):
+        yield from _row_schemas(getattr(field_type, kind).element_type)
+    elif kind == "map_type":
+        yield from _row_schemas(field_type.map_type.key_type)
+        yield from _row_schemas(field_type.map_type.value_type)
 
 
 def describe_logical_types(found: list[tuple[str, str]]) -> str:

@@ -129,6 +129,7 @@ def check_configuration(request: beam_expansion_api_pb2.ExpansionRequest) -> Non
         payload.ParseFromString(request.transform.spec.payload)
     except Exception:  # DecodeError, RecursionError
         raise Refusal("the payload is not an ExternalConfigurationPayload") from None
+    compat.check_schema_size(payload.schema)
     found = compat.logical_types(payload.schema)
     if found:
         raise Refusal(compat.describe_logical_types(found))
