@@ -15,6 +15,7 @@ Each docstring says what the attack does on Beam's stock Python expansion servic
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import ipaddress
@@ -48,6 +49,7 @@ from apache_beam.portability.api import (
     schema_pb2,
 )
 from apache_beam.runners.portability import expansion_service as beam_expansion_service
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.external import ExternalTransform
 from apache_beam.transforms.fully_qualified_named_transform import FullyQualifiedNamedTransform
 from apache_beam.typehints import schemas
@@ -691,6 +693,74 @@ def test_unauthenticated_pickle_never_reaches_the_refusal_logic(services, marker
     assert "Refused expansion of URN" not in added, added
 
 
+def _open_calls_that_never_send(service: Service, count: int, release: threading.Event, metadata=None):
+    """``count`` Expand calls whose request never comes (until ``release``): each holds a slot of
+    the service's concurrent-call bound from its headers on."""
+    def never():
+        release.wait()
+        return
+        yield
+
+    channels = [channel_to(service) for _ in range(4)]
+    calls = [
+        channels[i % 4]
+        .stream_unary(EXPAND_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        .future(never(), metadata=metadata, timeout=120)
+        for i in range(count)
+    ]
+    return calls, channels
+
+
+def test_calls_without_a_token_that_never_send_a_request_hold_nothing(services):
+    """300 calls with headers only and no token (256 slots): each is refused UNAUTHENTICATED as it
+    arrives, so health checks and authorised clients are served meanwhile. Before, each waited
+    for its request, the bound was full, and health checks got "Concurrent RPC limit exceeded"."""
+    service = services["token_env"]
+    release = threading.Event()
+    calls, channels = _open_calls_that_never_send(service, 300, release)
+    try:
+        codes = collections.Counter()
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call.result(timeout=60)
+            codes[refused.value.code()] += 1
+        assert codes == {grpc.StatusCode.UNAUTHENTICATED: 300}
+        assert_healthy(service)
+    finally:
+        release.set()
+        for channel in channels:
+            channel.close()
+
+
+def test_one_address_holds_at_most_half_of_the_service_bound(default_service):
+    """Calls that never send their request, from one address: half the bound (128 of 256) are
+    held, the rest refused RESOURCE_EXHAUSTED at once, so another address keeps the other half;
+    when they go, the service serves this address again."""
+    release = threading.Event()
+    calls, channels = _open_calls_that_never_send(default_service, 140, release)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(call.done() for call in calls) < 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = [call for call in calls if call.done()]
+        assert len(refused) == 12
+        for call in refused:
+            assert call.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "this client address has 128 calls open; allowed: at most 128 at a time" in call.exception().details()
+    finally:
+        release.set()  # the held calls end (no request: refused), and free their slots
+        for channel in channels:
+            channel.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            assert_healthy(default_service)
+            break
+        except (AssertionError, grpc.RpcError):
+            time.sleep(0.5)
+    assert_healthy(default_service)
+
+
 @pytest.mark.parametrize("name", ["token_env", "tls"], ids=["token_from_env", "token_from_file_over_tls"])
 def test_the_right_bearer_token_is_served(services, good_model, marker, name):
     """The service's own token (from $INFERBRIDGE_AUTH_TOKEN, or --auth-token-file on the TLS
@@ -860,20 +930,25 @@ def test_models_outside_the_roots_are_refused_at_expansion(default_service, layo
 def test_model_swapped_after_expansion_is_refused_when_loaded(default_service, layout, good_model, marker, evil_pickle):
     """A symlink in the trusted root points at a good model when the pipeline is expanded, and at
     an attacker's pickle outside the roots when the worker loads it: the load re-checks the
-    resolved path, so the pipeline fails and the pickle is never loaded."""
+    resolved path, so the pickle is never loaded, and every row fails saying why."""
     link = layout.trusted / f"swap-{uuid.uuid4().hex}.pkl"
     link.symlink_to(good_model)
     rows = [beam.Row(id=i, pixels=[float(i % 2), float(i % 2)]) for i in range(4)]
     pipeline = beam.Pipeline()
-    _ = (
+    outputs = (
         pipeline
         | beam.Create(rows)
         | ExternalTransform(RUN_INFERENCE_URN, native_payload(Model.sklearn(str(link))), default_service.address)
     )
+    assert_that(outputs["inferences"], equal_to([]), label="NoInferences")
+    assert_that(
+        outputs["failures"] | beam.Map(lambda f: (f.key, f.stage, "loaded only from trusted roots" in f.message)),
+        equal_to([(str(i), "inference", True) for i in range(4)]),
+        label="Failures",
+    )
     link.unlink()
     link.symlink_to(evil_pickle)
-    with pytest.raises(Exception, match="loaded only from trusted roots"):
-        pipeline.run().wait_until_finish()
+    pipeline.run().wait_until_finish()
     assert not marker.exists()
     assert_healthy(default_service)
 

@@ -67,7 +67,7 @@ from inferbridge.request_checks import (
     drop_unsafe_output_coder_requests,
     reduce_pipeline_options,
 )
-from inferbridge.service_security import BearerTokenInterceptor, read_token, server_credentials
+from inferbridge.service_security import CallAdmission, read_token, server_credentials
 
 _LOGGER = logging.getLogger("inferbridge.expansion_service")
 
@@ -439,6 +439,16 @@ class ServiceConfig:
     worker_pool_port: int = 0
 
 
+# A call's request must arrive within this long of its headers (4 MB at 140 KB/s).
+REQUEST_ARRIVAL_SECS = 30.0
+
+
+def _calls_per_peer(config: "ServiceConfig") -> int:
+    """Calls one client address may have open: half the service's bound (at least 4), so that one
+    client cannot take every slot (health checks' included)."""
+    return max(4, config.max_concurrent_requests // 2)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -475,7 +485,7 @@ class ExpansionServer:
             config.host,
             config.port,
             config.tls,
-            interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else [],
+            interceptors=[CallAdmission(config.auth_token, _calls_per_peer(config), REQUEST_ARRIVAL_SECS)],
             maximum_concurrent_rpcs=config.max_concurrent_requests,
             options=[
                 ("grpc.max_receive_message_length", config.max_request_bytes),
