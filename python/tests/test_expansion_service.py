@@ -474,3 +474,28 @@ def test_python_code_in_a_native_configuration_row_is_refused(service, tmp_path,
     assert not marker.exists()
     RowCoder(schema).decode(data)  # Beam's own decoding runs the code
     assert marker.exists()
+
+
+def test_an_expansion_process_is_renewed_after_its_share_of_expansions():
+    """Beam keeps a type per configuration schema a process decodes: after its share of
+    expansions a process makes way for a fresh one, which is started first (the old one serves
+    meanwhile), so that expansions never wait for it."""
+    import time
+
+    from inferbridge.expansion_service import _ExpansionWorkers
+
+    workers = _ExpansionWorkers(["--environment_type=LOOPBACK"], None, (), size=1, expansions_per_process=3)
+    workers.start()
+    try:
+        first = {w.process.pid for w in workers._live}
+        request = expansion_request(RUN_INFERENCE_URN, b"not a configuration").SerializeToString()
+        for _ in range(3):
+            assert beam_expansion_api_pb2.ExpansionResponse.FromString(workers.expand(request, 60, 60)).error
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and {w.process.pid for w in workers._live} & first:
+            assert beam_expansion_api_pb2.ExpansionResponse.FromString(workers.expand(request, 60, 60)).error
+            time.sleep(0.2)
+        renewed = {w.process.pid for w in workers._live}
+        assert len(renewed) == 1 and not renewed & first, (first, renewed)
+    finally:
+        workers.close()

@@ -79,11 +79,38 @@ class Constructor(NamedTuple):
     config: Callable[[Mapping[str, Any]], tuple]
 
 
+def check_fully_qualified_named(request: beam_expansion_api_pb2.ExpansionRequest) -> None:
+    """Refuses (``Refusal``) a ``fully_qualified_named`` request that ``translate`` would not
+    take, decoding nothing but the constructor's name: what the service checks in its own process."""
+    _checked(request)
+
+
 def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansion_api_pb2.ExpansionRequest:
     """The native InferBridge request equivalent to a ``fully_qualified_named`` one.
 
-    Raises ``Refusal`` (nothing but the constructor name was decoded) or ``KwargsError``.
+    Raises ``Refusal`` (nothing but the constructor name was decoded) or ``KwargsError``. It
+    decodes the client's Row, so the service runs it in an expansion process: Beam makes a type
+    for each schema it decodes and keeps it for the life of the process.
     """
+    payload, name, constructor = _checked(request)
+    # The schema holds only plain types, so decoding runs no code.
+    try:
+        row = RowCoder(payload.schema).decode(payload.payload)
+    except Exception as e:  # a malformed Row: any decoding error
+        raise KwargsError(f"{name}: the payload Row cannot be decoded ({type(e).__name__}: {e})") from None
+    kwargs = _as_dict(getattr(row, "kwargs", None))
+    try:
+        config = constructor.config(kwargs)
+    except KwargsError as e:
+        raise KwargsError(f"{name}: {e}") from None
+    native = beam_expansion_api_pb2.ExpansionRequest()
+    native.CopyFrom(request)
+    native.transform.spec.urn = constructor.urn
+    native.transform.spec.payload = NamedTupleBasedPayloadBuilder(config).build().SerializeToString()
+    return native
+
+
+def _checked(request: beam_expansion_api_pb2.ExpansionRequest) -> tuple[Any, str, "Constructor"]:
     payload = _parse_payload(request.transform.spec.payload)
     check_schema_size(payload.schema)
     found = logical_types(payload.schema)
@@ -110,21 +137,7 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
     if constructor is None:
         shown = name if len(name) <= 200 else name[:200] + "..."
         raise Refusal(f"constructor {shown!r} is not allowed")
-    # The schema holds only plain types, so decoding runs no code.
-    try:
-        row = RowCoder(payload.schema).decode(payload.payload)
-    except Exception as e:  # a malformed Row: any decoding error
-        raise KwargsError(f"{name}: the payload Row cannot be decoded ({type(e).__name__}: {e})") from None
-    kwargs = _as_dict(getattr(row, "kwargs", None))
-    try:
-        config = constructor.config(kwargs)
-    except KwargsError as e:
-        raise KwargsError(f"{name}: {e}") from None
-    native = beam_expansion_api_pb2.ExpansionRequest()
-    native.CopyFrom(request)
-    native.transform.spec.urn = constructor.urn
-    native.transform.spec.payload = NamedTupleBasedPayloadBuilder(config).build().SerializeToString()
-    return native
+    return payload, name, constructor
 
 
 def allowed_constructors() -> str:

@@ -133,13 +133,10 @@ class InferBridgeExpansionServicer(beam_expansion_api_pb2_grpc.ExpansionServiceS
             request = drop_unsafe_output_coder_requests(request)
             check_components(request)
             request = reduce_pipeline_options(request)
-            if fully_qualified_named:
-                request = compat.translate(request)
-                _LOGGER.info("Expanding %s as %s", urn, request.transform.spec.urn)
+            if fully_qualified_named:  # decoded and translated in the expansion process
+                compat.check_fully_qualified_named(request)
             elif urn in SERVED_URNS or _is_configuration_payload(request):
                 check_configuration(request)
-        except compat.KwargsError as e:
-            return self._refuse(urn, str(e))
         except Refusal as e:
             if fully_qualified_named:
                 return self._refuse(
@@ -238,7 +235,7 @@ def _expansion_worker(conn: Any, options: list[str], policy: Optional[LoadPolicy
             request = conn.recv_bytes()
         except EOFError:  # the service is gone
             return
-        response = servicer.Expand(beam_expansion_api_pb2.ExpansionRequest.FromString(request))
+        response = _expand(servicer, beam_expansion_api_pb2.ExpansionRequest.FromString(request))
         for entry in os.scandir(tempdir):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
@@ -247,9 +244,27 @@ def _expansion_worker(conn: Any, options: list[str], policy: Optional[LoadPolicy
         conn.send_bytes(response.SerializeToString())
 
 
+def _expand(servicer: Any, request: Any) -> Any:
+    """Beam's expansion of a request the service checked; a ``fully_qualified_named`` one is
+    translated to InferBridge's own URN first."""
+    if request.transform.spec.urn == compat.FULLY_QUALIFIED_NAMED_URN:
+        try:
+            request = compat.translate(request)
+        except (compat.KwargsError, Refusal) as e:
+            return beam_expansion_api_pb2.ExpansionResponse(error=str(e))
+    return servicer.Expand(request)
+
+
 class _Worker:
     def __init__(self, process: Any, conn: Any, tempdir: str) -> None:
         self.process, self.conn, self.tempdir = process, conn, tempdir
+        self.expansions = 0
+        self.replaced = False  # a fresh process took its place: it ends when it is released
+
+
+# Expansions a process does before a fresh one takes its place: Beam keeps a type for every
+# configuration schema it decodes (~25 KB for InferBridge's), for the life of the process.
+EXPANSIONS_PER_PROCESS = 200
 
 
 class _ExpansionWorkers:
@@ -263,10 +278,14 @@ class _ExpansionWorkers:
     a new interpreter talking to the service over an anonymous pipe, so nothing listens for them.
     """
 
-    def __init__(self, options: list[str], policy: Optional[LoadPolicy], imports: tuple[str, ...], size: int) -> None:
+    def __init__(
+        self, options: list[str], policy: Optional[LoadPolicy], imports: tuple[str, ...], size: int,
+        expansions_per_process: int = EXPANSIONS_PER_PROCESS,
+    ) -> None:
         self._context = multiprocessing.get_context("spawn")
         self._args = (options, policy, imports)
         self._size = size
+        self._expansions_per_process = expansions_per_process
         self._idle: list[_Worker] = []
         self._live: set[_Worker] = set()
         self._changed = threading.Condition()
@@ -321,9 +340,32 @@ class _ExpansionWorkers:
         self._stop(worker)
 
     def _release(self, worker: _Worker) -> None:
+        worker.expansions += 1
         with self._changed:
-            self._idle.append(worker)
-            self._changed.notify()
+            if not worker.replaced:
+                self._idle.append(worker)
+                self._changed.notify()
+        if worker.replaced:
+            self._discard(worker)
+        elif worker.expansions == self._expansions_per_process:
+            threading.Thread(target=self._renew, args=(worker,), name="inferbridge-expansion-renew", daemon=True).start()
+
+    def _renew(self, old: _Worker) -> None:
+        """Starts a process to take the place of ``old``, which serves until the new one is ready."""
+        try:
+            new = self._start()
+        except _WorkerLost:  # shutting down
+            return
+        if not self._ready(new, 300.0):
+            self._discard(new)
+            return
+        with self._changed:
+            idle = old in self._idle
+            if idle:
+                self._idle.remove(old)
+            old.replaced = True
+        if idle:
+            self._discard(old)
 
     def _lost(self, worker: _Worker) -> Optional[int]:
         """Replaces a process that ended (or closed its end of the pipe); its exit code."""
