@@ -98,6 +98,14 @@ def test_an_unknown_keyword_without_a_close_name_still_lists_the_allowed_ones(re
         BlockInference(Model.sklearn(paths["sum"]), key_field="id", feature_fields="f", polcy=None)
 
 
+def test_a_misspelled_required_keyword_is_named_with_the_right_one(regressors):
+    paths, _ = regressors
+    with pytest.raises(TypeError, match=r"^Inference\(\) got an unknown keyword argument key_fields='id' \(did you mean 'key_field'\?\)"):
+        Inference(Model.sklearn(paths["sum"]), key_fields="id", feature_fields="f")
+    with pytest.raises(TypeError, match=r"^BlockInference\(\) needs feature_fields=\.\.\., the name of the input's feature field"):
+        BlockInference(Model.sklearn(paths["sum"]), key_field="id")
+
+
 def test_every_listed_keyword_is_accepted(regressors):
     paths, policy = regressors
     values = {"min_batch_size": 1, "max_batch_size": 2, "max_batch_duration_secs": 1.0, "variable_length": "pad",

@@ -121,8 +121,8 @@ class Inference(beam.PTransform):
         self,
         models: Model | Sequence[Model],
         *,
-        key_field: str,
-        feature_fields: str | Sequence[str],
+        key_field: str = None,  # type: ignore[assignment] - required: _check_arguments says so
+        feature_fields: str | Sequence[str] = None,  # type: ignore[assignment] - likewise
         preprocess: Sequence[StepLike] = (),
         postprocess: Sequence[StepLike] = (),
         passthrough_fields: Sequence[str] = (),
@@ -132,6 +132,12 @@ class Inference(beam.PTransform):
     ) -> None:
         super().__init__()
         _check_arguments(type(self).__name__, options, model_updates, policy)
+        for keyword, given in (("key_field", key_field), ("feature_fields", feature_fields)):
+            if given is None:
+                raise TypeError(
+                    f"{type(self).__name__}() needs {keyword}=..., the name of the input's "
+                    + ("key field" if keyword == "key_field" else "feature field (or a list of them)")
+                )
         self._spec = InferenceSpec(
             key_field=key_field,
             feature_fields=feature_fields,
