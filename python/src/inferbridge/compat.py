@@ -79,12 +79,6 @@ class Constructor(NamedTuple):
     config: Callable[[Mapping[str, Any]], tuple]
 
 
-def check_fully_qualified_named(request: beam_expansion_api_pb2.ExpansionRequest) -> None:
-    """Refuses (``Refusal``) a ``fully_qualified_named`` request that ``translate`` would not
-    take, decoding nothing but the constructor's name: what the service checks in its own process."""
-    _checked(request)
-
-
 def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansion_api_pb2.ExpansionRequest:
     """The native InferBridge request equivalent to a ``fully_qualified_named`` one.
 
@@ -92,7 +86,7 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
     decodes the client's Row, so the service runs it in an expansion process: Beam makes a type
     for each schema it decodes and keeps it for the life of the process.
     """
-    payload, name, constructor = _checked(request)
+    payload, name, constructor = check_fully_qualified_named(request)
     # The schema holds only plain types, so decoding runs no code.
     try:
         row = RowCoder(payload.schema).decode(payload.payload)
@@ -110,7 +104,10 @@ def translate(request: beam_expansion_api_pb2.ExpansionRequest) -> beam_expansio
     return native
 
 
-def _checked(request: beam_expansion_api_pb2.ExpansionRequest) -> tuple[Any, str, "Constructor"]:
+def check_fully_qualified_named(request: beam_expansion_api_pb2.ExpansionRequest) -> tuple[Any, str, Constructor]:
+    """Refuses (``Refusal``) a ``fully_qualified_named`` request that ``translate`` would not
+    take, decoding nothing but the constructor's name (what the service checks in its own
+    process); else its payload, constructor name and constructor."""
     payload = _parse_payload(request.transform.spec.payload)
     check_schema_size(payload.schema)
     found = logical_types(payload.schema)

@@ -342,22 +342,18 @@ class _ExpansionWorkers:
     def _release(self, worker: _Worker) -> None:
         worker.expansions += 1
         with self._changed:
-            if not worker.replaced:
+            replaced = worker.replaced
+            if not replaced:
                 self._idle.append(worker)
                 self._changed.notify()
-        if worker.replaced:
+        if replaced:
             self._discard(worker)
         elif worker.expansions == self._expansions_per_process:
             threading.Thread(target=self._renew, args=(worker,), name="inferbridge-expansion-renew", daemon=True).start()
 
     def _renew(self, old: _Worker) -> None:
         """Starts a process to take the place of ``old``, which serves until the new one is ready."""
-        try:
-            new = self._start()
-        except _WorkerLost:  # shutting down
-            return
-        if not self._ready(new, 300.0):
-            self._discard(new)
+        if not self._replace():
             return
         with self._changed:
             idle = old in self._idle
@@ -415,15 +411,18 @@ class _ExpansionWorkers:
             self._changed.notify()
         return True
 
-    def _replace(self) -> None:
+    def _replace(self) -> bool:
+        """Starts a fresh process and makes it available; whether it is."""
         try:
             worker = self._start()
-        except _WorkerLost:
-            return
+        except _WorkerLost:  # shutting down
+            return False
         if not self._ready(worker, 300.0):
             self._discard(worker)
             if not self._closed:
                 _LOGGER.error("An expansion process did not start; %d remain", len(self._live))
+            return False
+        return True
 
     def _discard(self, worker: _Worker) -> None:
         with self._changed:  # once per process, whoever else tries

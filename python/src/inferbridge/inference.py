@@ -132,12 +132,11 @@ class Inference(beam.PTransform):
     ) -> None:
         super().__init__()
         _check_arguments(type(self).__name__, options, model_updates, policy)
-        for keyword, given in (("key_field", key_field), ("feature_fields", feature_fields)):
+        for keyword, given, what in (
+            ("key_field", key_field, "key field"), ("feature_fields", feature_fields, "feature field (or a list of them)")
+        ):
             if given is None:
-                raise TypeError(
-                    f"{type(self).__name__}() needs {keyword}=..., the name of the input's "
-                    + ("key field" if keyword == "key_field" else "feature field (or a list of them)")
-                )
+                raise TypeError(f"{type(self).__name__}() needs {keyword}=..., the name of the input's {what}")
         self._spec = InferenceSpec(
             key_field=key_field,
             feature_fields=feature_fields,
