@@ -106,6 +106,18 @@ def test_a_misspelled_required_keyword_is_named_with_the_right_one(regressors):
         BlockInference(Model.sklearn(paths["sum"]), key_field="id")
 
 
+def test_a_misspelled_model_keyword_is_named_with_the_right_one():
+    with pytest.raises(TypeError, match=r"^Model\.sklearn\(\) got an unknown keyword argument modelid='a' \(did you mean 'model_id'\?\); allowed keywords: format, output, model_id, keys, options, sha256, watch_pattern, env_vars$"):
+        Model.sklearn("/m/a.pkl", modelid="a")
+    # Model.pytorch makes the options itself, from model_class, model_params and device.
+    with pytest.raises(TypeError, match=r"^Model\.pytorch\(\) got an unknown keyword argument options=\{\}; allowed keywords: model_class, model_params, device, output, model_id, keys, sha256,"):
+        Model.pytorch("/m/net.pt", options={})
+    # Every listed keyword is taken.
+    model = Model.onnx("/m/a.onnx", output="number", model_id="a", keys=["k"], options={"output_name": "label"},
+                       sha256="0" * 64, watch_pattern="/m/a*.onnx", env_vars={"OMP_NUM_THREADS": "1"})
+    assert (model.model_id, model.keys, model.options, model.env_vars) == ("a", ("k",), {"output_name": "label"}, {"OMP_NUM_THREADS": "1"})
+
+
 def test_every_listed_keyword_is_accepted(regressors):
     paths, policy = regressors
     values = {"min_batch_size": 1, "max_batch_size": 2, "max_batch_duration_secs": 1.0, "variable_length": "pad",

@@ -77,6 +77,29 @@ def test_safe_formats_load_from_anywhere_without_trust(files, digits_model, held
         assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(expected))))
 
 
+def test_an_onnx_output_name_the_model_lacks_fails_its_rows_once_per_load(files, held_out):
+    """Checked when the model loads: every row fails naming the outputs there are, and no
+    batch is split trying to isolate a bad row."""
+    paths, _ = files
+    pixels, _ = held_out
+    p = beam.Pipeline()
+    result = p | beam.Create(rows(pixels[:30])) | Inference(
+        Model.onnx(paths["onnx"], options={"output_name": "probs"}), key_field="id", feature_fields="pixels",
+        max_batch_size=10, policy=LoadPolicy(),
+    )
+    assert_that(result.inferences, equal_to([]))
+    assert_that(
+        result.failures | beam.Map(lambda f: (f.stage, f.message)),
+        equal_to([("inference", "models[0].options.output_name='probs' is not an output of the model; allowed: label, probabilities")] * 30),
+        label="Failures",
+    )
+    run = p.run()
+    run.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in run.metrics().query()["counters"] if c.key.metric.namespace == "InferBridge"}
+    assert counters["model_load_failures"] == 1
+    assert [v for k, v in counters.items() if k.endswith("_batch_splits")] == [0]
+
+
 def test_an_allowlisted_beam_handler_by_name(tmp_path, digits, held_out):
     import xgboost
 

@@ -6,7 +6,6 @@ stage that failed (input, routing, preprocess, inference, postprocess, output) a
 
 from __future__ import annotations
 
-import difflib
 import logging
 import typing
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
@@ -49,6 +48,7 @@ from inferbridge.spec import (
     StepLike,
     input_fields,
     require_input_fields,
+    unknown_keyword,
 )
 
 _LOGGER = logging.getLogger("inferbridge.inference")
@@ -502,12 +502,7 @@ def _check_arguments(name: str, options: dict[str, Any], model_updates: Any, pol
     is allowed."""
     for keyword, given in options.items():
         if keyword not in _SPEC_OPTIONS:
-            close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(
-                f"{name}() got an unknown keyword argument {keyword}={shorten(given)}{hint}; "
-                f"allowed keywords: {', '.join(KEYWORDS)}"
-            )
+            raise unknown_keyword(name, keyword, given, KEYWORDS)
     if policy is not None and not isinstance(policy, LoadPolicy):
         raise TypeError(
             f"policy={shorten(policy)} is a {type(policy).__name__}, not a LoadPolicy; allowed: a "

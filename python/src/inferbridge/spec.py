@@ -6,7 +6,9 @@ it, and both languages' unit tests compare their schema to that file.
 """
 
 import dataclasses
+import difflib
 import functools
+import inspect
 import json
 import math
 import numbers
@@ -28,6 +30,42 @@ VARIABLE_LENGTH = ("bucket", "pad")
 # Output fields every inference Row has; passthrough fields may not reuse these names.
 OUTPUT_FIELDS = ("key", "example", "inference", "model_id")
 DEFAULT_METRICS_NAMESPACE = "InferBridge"
+
+
+def unknown_keyword(function: str, keyword: str, given: Any, allowed: Sequence[str]) -> TypeError:
+    """The error for a keyword argument ``function`` does not take: the value, the allowed
+    keyword closest to it (a misspelling), and every allowed one."""
+    close = difflib.get_close_matches(keyword, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return TypeError(
+        f"{function}() got an unknown keyword argument {keyword}={shorten(given)}{hint}; "
+        f"allowed keywords: {', '.join(allowed)}"
+    )
+
+
+# What every Model factory passes on to Model besides its own keywords.
+_MODEL_KEYWORDS = ("model_id", "keys", "options", "sha256", "watch_pattern", "env_vars")
+
+
+def _model_factory(*, makes_options: bool = False) -> Callable[[Callable], classmethod]:
+    """A classmethod making a Model whose unknown keyword arguments (``modelid=``) are named
+    with the closest allowed one, not Model.__init__'s bare "unexpected keyword argument".
+    ``makes_options``: the factory builds ``options`` from keywords of its own."""
+
+    def wrap(factory: Callable) -> classmethod:
+        own = [n for n, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        allowed = (*own, *(k for k in _MODEL_KEYWORDS if k not in own and not (makes_options and k == "options")))
+
+        @functools.wraps(factory)
+        def checked(cls: type, *args: Any, **kwargs: Any) -> Any:
+            for keyword, given in kwargs.items():
+                if keyword not in allowed:
+                    raise unknown_keyword(f"Model.{factory.__name__}", keyword, given, allowed)
+            return factory(cls, *args, **kwargs)
+
+        return classmethod(checked)
+
+    return wrap
 
 
 class StepConfig(NamedTuple):
@@ -222,11 +260,11 @@ class Model:
     def __hash__(self) -> int:
         return hash((self.uri, self.framework, self.format, self.output, self.model_id, self.keys))
 
-    @classmethod
+    @_model_factory()
     def sklearn(cls, uri: str, *, format: str = "pickle", output: str = "predict", **kwargs: Any) -> "Model":
         return cls(uri, "sklearn", format, output, **kwargs)
 
-    @classmethod
+    @_model_factory(makes_options=True)
     def pytorch(
         cls,
         uri: str,
@@ -244,16 +282,16 @@ class Model:
         fmt = "state_dict" if model_class is not None else "torchscript"
         return cls(uri, "pytorch", fmt, output, options=options, **kwargs)
 
-    @classmethod
+    @_model_factory()
     def onnx(cls, uri: str, *, output: str = "vector", **kwargs: Any) -> "Model":
         return cls(uri, "onnx", "onnx", output, **kwargs)
 
-    @classmethod
+    @_model_factory()
     def handler(cls, name: str, uri: str, *, output: str = "vector", options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "Model":
         """An allowlisted Beam ModelHandler by name, with its constructor's keyword arguments."""
         return cls(uri, "handler", name, output, options=dict(options or {}), **kwargs)
 
-    @classmethod
+    @_model_factory()
     def endpoint(cls, url: str, *, output: str = "vector", options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "Model":
         """A model behind an HTTP endpoint taking ``{"instances": [...]}`` and answering
         ``{"predictions": [...]}`` (see ``inferbridge.frameworks.endpoint``); ``url`` must be
@@ -261,7 +299,7 @@ class Model:
         throttle_delay_secs, bearer_token_env."""
         return cls(url, "endpoint", "http_json", output, options=dict(options or {}), **kwargs)
 
-    @classmethod
+    @_model_factory(makes_options=True)
     def registered(
         cls, name: str, uri: str, *, output: str = "vector", arguments: Optional[Mapping[str, Any]] = None, **kwargs: Any
     ) -> "Model":
@@ -269,7 +307,7 @@ class Model:
         ``inferbridge.frameworks.registered``), built with ``uri`` and ``arguments`` (JSON values)."""
         return cls(uri, "registered", name, output, options=dict(arguments or {}), **kwargs)
 
-    @classmethod
+    @_model_factory()
     def of(cls, handler: Any, *, output: str = "vector", examples: Optional[str] = None, **kwargs: Any) -> "Model":
         """A Beam ``ModelHandler`` you built, served by the composite (Python pipelines only).
 

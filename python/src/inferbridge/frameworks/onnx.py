@@ -52,7 +52,7 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
         uri,
         providers=_providers(model),
         inference_fn=partial(
-            _inference, model.options.get("output_name"), VECTOR_OR_NUMBER[model.output], where
+            _inference, model.options.get("output_name"), VECTOR_OR_NUMBER[model.output]
         ),
     )
 
@@ -60,13 +60,21 @@ def _build(model: Model, uri: str, policy: LoadPolicy, where: str) -> ModelHandl
 def _load(model: Model, file: ModelFile, policy: LoadPolicy, where: str) -> Any:
     import onnxruntime
 
-    return onnxruntime.InferenceSession(file.data(), providers=_providers(model))
+    session = onnxruntime.InferenceSession(file.data(), providers=_providers(model))
+    output_name = model.options.get("output_name")
+    names = [output.name for output in session.get_outputs()]
+    if output_name is not None and output_name not in names:
+        # At load, not per batch: the model's rows fail once with this, not call by call.
+        raise ValueError(
+            f"{where}.options.output_name={output_name!r} is not an output of the model; "
+            f"allowed: {', '.join(names)}"
+        )
+    return session
 
 
 def _inference(
     output_name: Optional[str],
     kind: str,
-    where: str,
     session: Any,
     batch: Sequence[np.ndarray] | np.ndarray,
     inference_args: Any = None,
@@ -78,14 +86,9 @@ def _inference(
     """
     first = session.get_inputs()[0]
     dtype = np.float64 if first.type == "tensor(double)" else np.float32
-    names = [output.name for output in session.get_outputs()]
     if output_name is None:
+        names = [output.name for output in session.get_outputs()]
         output_name = names[-1] if kind == steps.VECTOR else names[0]
-    elif output_name not in names:
-        raise ValueError(
-            f"{where}.options.output_name={output_name!r} is not an output of the model; "
-            f"allowed: {', '.join(names)}"
-        )
     feeds = {first.name: matrix(batch).astype(dtype, copy=False), **(inference_args or {})}
     result = session.run([output_name], feeds)[0]
     if isinstance(result, list) and result and isinstance(result[0], dict):
@@ -99,7 +102,7 @@ def _predict(
     model: Model, loaded: Any, features: np.ndarray, inference_args: Optional[dict[str, Any]], where: str
 ) -> Any:
     return _inference(
-        model.options.get("output_name"), VECTOR_OR_NUMBER[model.output], where, loaded, features, inference_args
+        model.options.get("output_name"), VECTOR_OR_NUMBER[model.output], loaded, features, inference_args
     )
 
 

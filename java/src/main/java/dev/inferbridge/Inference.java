@@ -455,9 +455,38 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return with(MIN_RAM, minRam);
   }
 
-  /** The Beam resource hint {@code accelerator}, e.g. {@code type:nvidia-tesla-t4;count:1}. */
+  /**
+   * The Beam resource hint {@code accelerator}: {@code type:TYPE}, then {@code ;}-separated
+   * {@code count:N} (N at least 1) and flags, e.g. {@code type:nvidia-tesla-t4;count:1;install-nvidia-driver}.
+   */
   public Inference withAccelerator(String accelerator) {
-    return with(ACCELERATOR, requireName("withAccelerator()", accelerator));
+    requireName("withAccelerator()", accelerator);
+    if (!isAcceleratorHint(accelerator)) {
+      String shown = accelerator.length() > 80 ? accelerator.substring(0, 80) + "..." : accelerator;
+      throw new IllegalArgumentException(
+          "withAccelerator(" + Model.quote(shown) + "): not an accelerator hint; allowed: \"type:TYPE\" and "
+              + "\";\"-separated options: \"count:N\" (N >= 1) and flags, in at most " + MAX_ACCELERATOR_CHARS
+              + " printable ASCII characters, e.g. \"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"");
+    }
+    return with(ACCELERATOR, accelerator);
+  }
+
+  // The service's bound (bounds.MAX_ACCELERATOR_CHARS).
+  private static final int MAX_ACCELERATOR_CHARS = 256;
+
+  /** What the service accepts (spec.check_resource_hints): a type, a positive count if any. */
+  private static boolean isAcceleratorHint(String hint) {
+    if (hint.length() > MAX_ACCELERATOR_CHARS || !hint.chars().allMatch(c -> c >= 0x20 && c < 0x7f)) {
+      return false;
+    }
+    Map<String, String> parts = new HashMap<>();
+    for (String part : hint.split(";", -1)) {
+      int colon = part.indexOf(':');
+      parts.put(colon < 0 ? part : part.substring(0, colon), colon < 0 ? "" : part.substring(colon + 1));
+    }
+    String count = parts.getOrDefault("count", "1");
+    return !parts.getOrDefault("type", "").isEmpty()
+        && count.matches("[0-9]+") && !count.matches("0+");
   }
 
   /** The namespace of the composite's metrics; default {@code InferBridge}. */

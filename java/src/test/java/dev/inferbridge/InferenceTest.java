@@ -274,6 +274,21 @@ public class InferenceTest {
     assertTrue(message(() -> BASE.withMinRam("lots")).startsWith("withMinRam(\"lots\"): not a memory size ("));
     assertTrue(message(() -> BASE.withMinRam(null)).startsWith("withMinRam(null): not a memory size ("));
     assertEquals("withAccelerator(): must be a non-empty string, got \"\"", message(() -> BASE.withAccelerator("")));
+    // What the service would refuse at expansion is refused here, as the service words it.
+    for (String hint : Arrays.asList("gpu", "count:1", "type:;count:1", "type:nvidia-tesla-t4;count:0",
+        "type:nvidia-tesla-t4;count:two", "type:t4\n", "type:" + String.join("", Collections.nCopies(300, "x")))) {
+      assertTrue(
+          hint, message(() -> BASE.withAccelerator(hint)).contains("): not an accelerator hint; allowed: \"type:TYPE\" and"));
+    }
+    assertEquals(
+        "withAccelerator(\"gpu\"): not an accelerator hint; allowed: \"type:TYPE\" and \";\"-separated options: "
+            + "\"count:N\" (N >= 1) and flags, in at most 256 printable ASCII characters, e.g. "
+            + "\"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"",
+        message(() -> BASE.withAccelerator("gpu")));
+    for (String hint : Arrays.asList("type:nvidia-tesla-t4", "type:nvidia-tesla-t4;count:2;install-nvidia-driver",
+        "count:1;type:nvidia-l4")) {
+      assertEquals(hint, BASE.withAccelerator(hint).config().get(InferenceConfig.ACCELERATOR));
+    }
     assertEquals(
         "withMetricsNamespace(): must be a non-empty string, got null", message(() -> BASE.withMetricsNamespace(null)));
     for (String size : Arrays.asList("4GB", "512MiB", "1.5 GiB", "1000B")) {
