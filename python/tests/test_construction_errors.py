@@ -2,6 +2,7 @@
 what is allowed; and what is accepted (integer keys, schema-less elements) works end to end."""
 
 import pickle
+import re
 import typing
 
 import apache_beam as beam
@@ -180,6 +181,36 @@ def test_integer_keys_route_rows_of_an_integer_key_field(regressors):
             equal_to([("routing", "UnmappedKey", "3", "no model serves key '3' and no default model is configured; mapped keys: 1, 2")]),
             label="OnlyUnmapped",
         )
+
+
+def test_keys_no_integer_key_can_match_are_refused_for_an_integer_key_field(regressors):
+    """Rows are routed by the decimal text of an integer key: 'north' or '01' would never
+    match, and their rows would go to the default model without a word."""
+    paths, policy = regressors
+    rows = [beam.Row(id=i, f=[float(i), 1.0]) for i in (1, 2)]
+    packed_type = beam.typehints.row_type.RowTypeConstraint.from_fields(
+        [("key", list[int]), ("features", bytes), ("feature_count", np.int32)]
+    )
+    for key in ("north", "01", "1.0", " 1"):
+        models = [Model.sklearn(paths["sum"], model_id="sum", keys=[2, key]), Model.sklearn(paths["seven"], model_id="seven")]
+        message = (
+            f"models[0].keys[1]={key!r} can never match: key_field 'id' is an integer field, whose keys are "
+            "matched by their decimal text; allowed: integer keys, e.g. keys=[1, 2] or keys=['1', '2']"
+        )
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            beam.Pipeline() | beam.Create(rows) | Inference(models, key_field="id", feature_fields="f", policy=policy)
+        # Packed blocks from Java, whose key array holds integers.
+        packed = BlockInference(models, key_field="id", feature_fields="f", policy=policy)
+        with pytest.raises(ValueError, match="can never match: key_field 'id' is an integer field"):
+            beam.Pipeline() | beam.Create([]).with_output_types(packed_type) | packed
+    # A string key field takes any key; an integer one takes negative keys and zero.
+    text_rows = [beam.Row(id=str(i), f=[float(i), 1.0]) for i in (1, 2)]
+    beam.Pipeline() | beam.Create(text_rows) | Inference(
+        [Model.sklearn(paths["sum"], keys=["north", "01"])], key_field="id", feature_fields="f", policy=policy
+    )
+    beam.Pipeline() | beam.Create(rows) | Inference(
+        [Model.sklearn(paths["sum"], keys=[-4, 0, "12"])], key_field="id", feature_fields="f", policy=policy
+    )
 
 
 # 5. PyTorch files of the other kind

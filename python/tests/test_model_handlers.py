@@ -3,14 +3,16 @@
 Each test runs a real DirectRunner pipeline with tiny scikit-learn models trained in the test.
 """
 
+import logging
 import os
 import pickle
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pytest
 import torch
-from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler, ModelMetadata, PredictionResult
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
 from apache_beam.testing.util import assert_that, equal_to
@@ -192,6 +194,24 @@ def test_a_model_update_reaches_the_handlers_update_model_path(versions, held_ou
             result.inferences | beam.Map(lambda r: (int(r.key), r.inference, r.model_id)),
             equal_to([(i, 7.0, "digits") for i in list(range(5)) + list(range(10, 15))]),
         )
+
+
+def test_an_update_that_fails_to_load_keeps_the_handlers_own_model(versions, held_out, caplog):  # noqa: F811
+    """The handler's "uri" is its name, no file: falling back means the handler as given."""
+    v1, paths, _ = versions
+    pixels, _ = held_out
+    missing = str(Path(paths["v1"]).parent / "missing.pkl")
+    p = beam.Pipeline()
+    updates = p | "Updates" >> beam.Create([ModelMetadata(model_id=missing, model_name="missing")])
+    result = p | beam.Create([beam.Row(id=i, pixels=[float(v) for v in pixels[i]]) for i in range(8)]) | Inference(
+        Model.of(SklearnModelHandlerNumpy(paths["v1"]), output="number", model_id="digits"),
+        key_field="id", feature_fields="pixels", preprocess=[Step("scale", factor=1 / 16)], model_updates=updates,
+    )
+    assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(v1.predict(pixels[:8] / 16).astype(float)))))
+    assert_that(result.failures, equal_to([]), label="NoFailures")
+    with caplog.at_level(logging.ERROR, logger="inferbridge.model_slots"):
+        p.run().wait_until_finish()
+    assert f"loading the update {missing} failed" in caplog.text and "keeping SklearnModelHandlerNumpy" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -574,6 +574,8 @@ def _check_input_schema(spec: InferenceSpec, element_type: Any) -> tuple[Any, li
         raise ValueError(
             f"key_field={spec.key_field!r} has type {key_type}; allowed: a string or integer field"
         )
+    if key_type is not str:
+        spec.check_integer_keys()
     for i, name in enumerate(spec.feature_fields):
         feature_type = _non_null(fields[name])
         if feature_type in _NON_NUMERIC_TYPES:

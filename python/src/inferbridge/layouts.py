@@ -761,4 +761,8 @@ def layout_for(spec: InferenceSpec, element_type: Any) -> Any:
             "pyarrow RecordBatches, or packed block Rows (key, features, feature_count, "
             "passthrough fields) as the Java wrapper's withBlockSize sends them"
         )
+    key = fields["key"]
+    key_items = (typing.get_args(key) or (getattr(key, "inner_type", None),))[0]
+    if isinstance(key_items, type) and issubclass(key_items, (int, np.integer)) and key_items is not bool:
+        spec.check_integer_keys()
     return WireLayout(spec, fields)

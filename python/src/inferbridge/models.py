@@ -13,6 +13,7 @@ A model's configuration is checked by ``inferbridge.model_checks``, which import
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -208,6 +209,9 @@ class ProvidedModelHandler:
     def __init__(self, model: Model, kind: str, where: str, handler: ModelHandler) -> None:
         self._model, self._kind, self._where = model, kind, where
         self._handler = handler
+        # The handler as given: what a failed update falls back to (its uri is no file, but the
+        # handler's name: the model the handler itself names).
+        self._given = copy.deepcopy(handler)
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
         self._examples = model.options.get("examples") or _default_examples(handler)
@@ -231,7 +235,9 @@ class ProvidedModelHandler:
         return self._handler.load_model()
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path:
+        if model_path == self._model.uri:
+            self._uri, self._handler = model_path, copy.deepcopy(self._given)
+        elif model_path:
             self._uri = model_path
             self._handler.update_model_path(model_path)
 

@@ -709,6 +709,19 @@ class InferenceSpec:
         """The model serving keys no model lists, or None: such keys are failures."""
         return next((m for m in self.models if not m.keys), None)
 
+    def check_integer_keys(self) -> None:
+        """For an integer key field: refuses model keys that are no integer's decimal text. Rows
+        are routed by the text of their key, so such a key would never match, and its rows
+        would go to the default model (or fail as unmapped) without a word."""
+        for i, model in enumerate(self.models):
+            for j, key in enumerate(model.keys):
+                if not re.fullmatch(r"-?(0|[1-9][0-9]*)", key):
+                    raise ValueError(
+                        f"models[{i}].keys[{j}]={key!r} can never match: key_field {self.key_field!r} "
+                        f"is an integer field, whose keys are matched by their decimal text; allowed: "
+                        f"integer keys, e.g. keys=[1, 2] or keys=['1', '2']"
+                    )
+
     def model_for_key(self, key: str) -> Optional[Model]:
         for model in self.models:
             if key in model.keys:
