@@ -108,10 +108,10 @@ def test_a_misspelled_required_keyword_is_named_with_the_right_one(regressors):
 
 
 def test_a_misspelled_model_keyword_is_named_with_the_right_one():
-    with pytest.raises(TypeError, match=r"^Model\.sklearn\(\) got an unknown keyword argument modelid='a' \(did you mean 'model_id'\?\); allowed keywords: format, output, model_id, keys, options, sha256, watch_pattern, env_vars$"):
+    with pytest.raises(TypeError, match=r"^Model\.sklearn\(\) got an unknown keyword argument modelid='a' \(did you mean 'model_id'\?\); allowed keywords: uri, format, output, model_id, keys, options, sha256, watch_pattern, env_vars$"):
         Model.sklearn("/m/a.pkl", modelid="a")
     # Model.pytorch makes the options itself, from model_class, model_params and device.
-    with pytest.raises(TypeError, match=r"^Model\.pytorch\(\) got an unknown keyword argument options=\{\}; allowed keywords: model_class, model_params, device, output, model_id, keys, sha256,"):
+    with pytest.raises(TypeError, match=r"^Model\.pytorch\(\) got an unknown keyword argument options=\{\}; allowed keywords: uri, model_class, model_params, device, output, model_id, keys, sha256,"):
         Model.pytorch("/m/net.pt", options={})
     # Every listed keyword is taken.
     model = Model.onnx("/m/a.onnx", output="number", model_id="a", keys=["k"], options={"output_name": "label"},

@@ -1,5 +1,6 @@
 """Nothing is lost: every input row leaves as one inference or one failure with its reason."""
 
+import dataclasses
 import json
 import re
 import typing
@@ -67,6 +68,29 @@ def test_failure_rows_explain_what_went_wrong(model_files, held_out, trusting):
             assert json.loads(f.element) == {"id": 7, "pixels": [float(v) for v in pixels[0][:10]]}
 
         assert_that(result.failures, check)
+
+
+@dataclasses.dataclass
+class Reading:
+    id: int
+    pixels: typing.List[float]
+    note: str
+
+
+def test_a_dataclass_element_is_described_by_its_fields(model_files, held_out, trusting):
+    pixels, _ = held_out
+    bad = Reading(2, [], "empty")
+    with beam.Pipeline() as p:
+        result = p | beam.Create([Reading(1, [float(v) for v in pixels[0]], "ok"), bad]).with_output_types(Reading) | Inference(
+            Model.sklearn(model_files["pickle"], model_id="digits"), key_field="id", feature_fields="pixels",
+            passthrough_fields=["note"], policy=trusting,
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.note)), equal_to([(1, "ok")]))
+        assert_that(
+            result.failures | beam.Map(lambda f: (f.key, json.loads(f.element))),
+            equal_to([("2", {"id": 2, "pixels": [], "note": "empty"})]),
+            label="Failures",
+        )
 
 
 def strict_json(text):

@@ -10,6 +10,7 @@ own are reported as failed, each with the stage and step that failed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -80,6 +81,8 @@ def describe_element(element: Any) -> str:
     as_dict = getattr(element, "_asdict", None) or getattr(element, "as_dict", None)
     if as_dict is not None:
         fields = dict(as_dict())
+    elif dataclasses.is_dataclass(element) and not isinstance(element, type):
+        fields = {f.name: getattr(element, f.name) for f in dataclasses.fields(element)}
     elif isinstance(element, Mapping):
         fields = dict(element)
     else:

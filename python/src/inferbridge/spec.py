@@ -53,7 +53,8 @@ def _model_factory(*, makes_options: bool = False) -> Callable[[Callable], class
     ``makes_options``: the factory builds ``options`` from keywords of its own."""
 
     def wrap(factory: Callable) -> classmethod:
-        own = [n for n, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        own = [n for n, p in inspect.signature(factory).parameters.items() if p.kind in named and n != "cls"]
         allowed = (*own, *(k for k in _MODEL_KEYWORDS if k not in own and not (makes_options and k == "options")))
 
         @functools.wraps(factory)
@@ -175,6 +176,8 @@ def _require_positive_int(field_name: str, value: Any, limit: int) -> None:
 # parser, whose time grows with the square of the text's length.
 _MEMORY_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)? ?(?:[KMGTP]i?B|B)")
 MEMORY_UNITS = "B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB"
+# The most accelerators a hint may ask for: what a runner's 32-bit count holds.
+_MAX_ACCELERATORS = 2**31 - 1
 
 
 def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> None:
@@ -201,13 +204,18 @@ def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> 
                 f"accelerator={accelerator!r} must be printable ASCII, e.g. "
                 "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
             )
+        names = [part.partition(":")[0] for part in accelerator.split(";")]
         parts = dict(part.partition(":")[::2] for part in accelerator.split(";"))
         count = parts.get("count", "1")
-        if not parts.get("type") or not (count.isdigit() and int(count) > 0):
+        if (
+            not parts.get("type")
+            or len(set(names)) < len(names)
+            or not (count.isdigit() and 0 < int(count) <= _MAX_ACCELERATORS)
+        ):
             raise ValueError(
                 f"accelerator={accelerator!r} is not an accelerator hint; allowed: 'type:TYPE' then "
-                "';'-separated options: 'count:N' (N >= 1) and flags, e.g. "
-                "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
+                f"';'-separated options, each once: 'count:N' (1 <= N <= {_MAX_ACCELERATORS}) and flags, "
+                "e.g. 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
             )
 
 
@@ -455,16 +463,22 @@ def option(
     return field(default=default, kw_only=default is not dataclasses.MISSING, metadata={_WIRE: wire})
 
 
+def _check_field_names(name: str, value: tuple[str, ...]) -> None:
+    for i, item in enumerate(value):
+        _require_name(f"{name}[{i}]", item)
+        if item in value[:i]:
+            raise ValueError(f"{name}[{i}]={item!r} is given twice; give each field once")
+
+
 def _check_feature_fields(name: str, value: tuple[str, ...]) -> None:
     if not value:
         raise ValueError(f"{name} must name at least one input field")
-    for i, item in enumerate(value):
-        _require_name(f"{name}[{i}]", item)
+    _check_field_names(name, value)
 
 
 def _check_passthrough_fields(name: str, value: tuple[str, ...]) -> None:
+    _check_field_names(name, value)
     for i, item in enumerate(value):
-        _require_name(f"{name}[{i}]", item)
         if item in OUTPUT_FIELDS:
             raise ValueError(
                 f"{name}[{i}]={item!r} clashes with an output field; output fields are {', '.join(OUTPUT_FIELDS)}"

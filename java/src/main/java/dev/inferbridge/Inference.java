@@ -270,7 +270,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * of numbers. Replaces {@link #withFeatureField}.
    */
   public Inference withFeatureFields(String... featureFields) {
-    List<String> fields = names("withFeatureFields()", featureFields, false);
+    List<String> fields = names("withFeatureFields()", featureFields);
     if (fields.isEmpty()) {
       throw new IllegalArgumentException("withFeatureFields(): name at least one input field");
     }
@@ -283,7 +283,7 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
    * example}, {@code inference} or {@code model_id}.
    */
   public Inference withPassthroughFields(String... fields) {
-    List<String> names = names("withPassthroughFields()", fields, true);
+    List<String> names = names("withPassthroughFields()", fields);
     for (String field : names) {
       if (OUTPUT_FIELDS.contains(field)) {
         throw new IllegalArgumentException(
@@ -313,11 +313,18 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return with(POSTPROCESS, checked);
   }
 
-  /** The smallest and largest number of examples per model call (Beam's {@code BatchElements}). */
+  /**
+   * The smallest and largest number of examples per model call (Beam's {@code BatchElements}),
+   * each 1 to 1,000,000.
+   */
   public Inference withBatchSize(int minSize, int maxSize) {
     if (minSize < 1 || maxSize < 1) {
       throw new IllegalArgumentException(
           "withBatchSize(" + minSize + ", " + maxSize + "): sizes must be positive integers");
+    }
+    if (maxSize > LARGEST_BATCH) {
+      throw new IllegalArgumentException(
+          "withBatchSize(" + minSize + ", " + maxSize + "): sizes must be at most " + LARGEST_BATCH);
     }
     if (minSize > maxSize) {
       throw new IllegalArgumentException(
@@ -392,12 +399,21 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
   }
 
   /**
-   * The longest a batch waits to fill up; switches to Beam's stateful batching, for streaming
-   * pipelines.
+   * The longest a batch waits to fill up, at most an hour; switches to Beam's stateful batching,
+   * for streaming pipelines.
    */
   public Inference withMaxBatchDuration(Duration duration) {
-    return with(MAX_BATCH_DURATION, requirePositive("withMaxBatchDuration()", duration));
+    requirePositive("withMaxBatchDuration()", duration);
+    if (duration.getMillis() > LONGEST_BATCH_WAIT_MILLIS) {
+      throw new IllegalArgumentException(
+          "withMaxBatchDuration(" + duration + "): the duration must be at most an hour (PT3600S)");
+    }
+    return with(MAX_BATCH_DURATION, duration);
   }
+
+  // The service's bounds (bounds.MAX_BATCH_SIZE, bounds.MAX_BATCH_DURATION_SECS).
+  private static final int LARGEST_BATCH = 1_000_000;
+  private static final long LONGEST_BATCH_WAIT_MILLIS = 3_600_000L;
 
   /**
    * How examples of different shapes in a batch reach the model: {@link VariableLength#BUCKET}
@@ -444,6 +460,12 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** The Beam resource hint {@code min_ram} of the inference step, e.g. {@code 4GB} or {@code 512MiB}. */
   public Inference withMinRam(String minRam) {
+    // The service's form (spec.check_resource_hints, bounds.MAX_MIN_RAM_CHARS): a number and a unit.
+    if (minRam == null || minRam.length() > 32 || !MEMORY_SIZE.matcher(minRam).matches()) {
+      throw new IllegalArgumentException(
+          "withMinRam(" + Model.quote(minRam) + "): not a memory size; use a number and a unit (B, KB, MB, GB, "
+              + "TB, PB, KiB, MiB, GiB, TiB, PiB) in at most 32 characters, e.g. \"4GB\" or \"512MiB\"");
+    }
     try {
       ResourceHints.create().withMinRam(minRam);
     } catch (RuntimeException e) {
@@ -455,6 +477,9 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return with(MIN_RAM, minRam);
   }
 
+  private static final java.util.regex.Pattern MEMORY_SIZE =
+      java.util.regex.Pattern.compile("[0-9]+(\\.[0-9]+)? ?([KMGTP]i?B|B)");
+
   /**
    * The Beam resource hint {@code accelerator}: {@code type:TYPE}, then {@code ;}-separated
    * {@code count:N} (N at least 1) and flags, e.g. {@code type:nvidia-tesla-t4;count:1;install-nvidia-driver}.
@@ -464,9 +489,10 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     if (!isAcceleratorHint(accelerator)) {
       String shown = accelerator.length() > 80 ? accelerator.substring(0, 80) + "..." : accelerator;
       throw new IllegalArgumentException(
-          "withAccelerator(" + Model.quote(shown) + "): not an accelerator hint; allowed: \"type:TYPE\" and "
-              + "\";\"-separated options: \"count:N\" (N >= 1) and flags, in at most " + MAX_ACCELERATOR_CHARS
-              + " printable ASCII characters, e.g. \"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"");
+          "withAccelerator(" + Model.quote(shown) + "): not an accelerator hint; allowed: \"type:TYPE\" then "
+              + "\";\"-separated options, each once: \"count:N\" (1 <= N <= " + Integer.MAX_VALUE + ") and flags, "
+              + "in at most " + MAX_ACCELERATOR_CHARS + " printable ASCII characters, e.g. "
+              + "\"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"");
     }
     return with(ACCELERATOR, accelerator);
   }
@@ -482,11 +508,17 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     Map<String, String> parts = new HashMap<>();
     for (String part : hint.split(";", -1)) {
       int colon = part.indexOf(':');
-      parts.put(colon < 0 ? part : part.substring(0, colon), colon < 0 ? "" : part.substring(colon + 1));
+      String name = colon < 0 ? part : part.substring(0, colon);
+      if (parts.put(name, colon < 0 ? "" : part.substring(colon + 1)) != null) {
+        return false; // an option given twice
+      }
     }
     String count = parts.getOrDefault("count", "1");
-    return !parts.getOrDefault("type", "").isEmpty()
-        && count.matches("[0-9]+") && !count.matches("0+");
+    if (parts.getOrDefault("type", "").isEmpty() || !count.matches("[0-9]{1,10}")) {
+      return false;
+    }
+    long n = Long.parseLong(count);
+    return n >= 1 && n <= Integer.MAX_VALUE;
   }
 
   /** The namespace of the composite's metrics; default {@code InferBridge}. */
@@ -934,14 +966,14 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return name;
   }
 
-  private static List<String> names(String method, String[] names, boolean distinct) {
+  private static List<String> names(String method, String[] names) {
     if (names == null) {
       throw new IllegalArgumentException(method + ": field names must not be null");
     }
     Set<String> seen = new LinkedHashSet<>();
     for (String name : names) {
       requireName(method, name);
-      if (!seen.add(name) && distinct) {
+      if (!seen.add(name)) {
         throw new IllegalArgumentException(method + ": \"" + name + "\" is given twice; give each field once");
       }
     }

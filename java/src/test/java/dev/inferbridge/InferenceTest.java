@@ -271,22 +271,43 @@ public class InferenceTest {
         message(() -> BASE.withVariableLength(VariableLength.PAD, Double.NaN)));
     assertEquals(
         "withMaxModelsPerWorker(0): count must be a positive integer", message(() -> BASE.withMaxModelsPerWorker(0)));
-    assertTrue(message(() -> BASE.withMinRam("lots")).startsWith("withMinRam(\"lots\"): not a memory size ("));
-    assertTrue(message(() -> BASE.withMinRam(null)).startsWith("withMinRam(null): not a memory size ("));
+    assertEquals(
+        "withMinRam(\"lots\"): not a memory size; use a number and a unit (B, KB, MB, GB, TB, PB, KiB, MiB, GiB, "
+            + "TiB, PiB) in at most 32 characters, e.g. \"4GB\" or \"512MiB\"",
+        message(() -> BASE.withMinRam("lots")));
+    // What the service would refuse at expansion is refused here.
+    for (String size : Arrays.asList("-4GB", "0", "4 gb", "4GBs", "", String.join("", Collections.nCopies(40, "9")) + "GB")) {
+      assertTrue(size, message(() -> BASE.withMinRam(size)).contains("): not a memory size; use a number and a unit"));
+    }
+    assertTrue(message(() -> BASE.withMinRam(null)).startsWith("withMinRam(null): not a memory size; "));
+    assertEquals(
+        "withBatchSize(1, 1000001): sizes must be at most 1000000", message(() -> BASE.withBatchSize(1, 1_000_001)));
+    assertEquals(Long.valueOf(1_000_000L), BASE.withBatchSize(1, 1_000_000).config().get(InferenceConfig.MAX_BATCH_SIZE));
+    assertEquals(
+        "withMaxBatchDuration(PT3600.001S): the duration must be at most an hour (PT3600S)",
+        message(() -> BASE.withMaxBatchDuration(org.joda.time.Duration.millis(3_600_001))));
+    assertEquals(
+        org.joda.time.Duration.standardHours(1),
+        BASE.withMaxBatchDuration(org.joda.time.Duration.standardHours(1)).config().get(InferenceConfig.MAX_BATCH_DURATION));
+    assertEquals(
+        "withFeatureFields(): \"pixels\" is given twice; give each field once",
+        message(() -> BASE.withFeatureFields("pixels", "pixels")));
     assertEquals("withAccelerator(): must be a non-empty string, got \"\"", message(() -> BASE.withAccelerator("")));
     // What the service would refuse at expansion is refused here, as the service words it.
     for (String hint : Arrays.asList("gpu", "count:1", "type:;count:1", "type:nvidia-tesla-t4;count:0",
-        "type:nvidia-tesla-t4;count:two", "type:t4\n", "type:" + String.join("", Collections.nCopies(300, "x")))) {
+        "type:nvidia-tesla-t4;count:two", "type:t4\n", "type:" + String.join("", Collections.nCopies(300, "x")),
+        "type:t4;count:99999999999999999999", "type:t4;count:2147483648", "type:t4;type:a100",
+        "type:t4;count:0;count:1")) {
       assertTrue(
-          hint, message(() -> BASE.withAccelerator(hint)).contains("): not an accelerator hint; allowed: \"type:TYPE\" and"));
+          hint, message(() -> BASE.withAccelerator(hint)).contains("): not an accelerator hint; allowed: \"type:TYPE\" then"));
     }
     assertEquals(
-        "withAccelerator(\"gpu\"): not an accelerator hint; allowed: \"type:TYPE\" and \";\"-separated options: "
-            + "\"count:N\" (N >= 1) and flags, in at most 256 printable ASCII characters, e.g. "
-            + "\"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"",
+        "withAccelerator(\"gpu\"): not an accelerator hint; allowed: \"type:TYPE\" then \";\"-separated options, "
+            + "each once: \"count:N\" (1 <= N <= 2147483647) and flags, in at most 256 printable ASCII characters, "
+            + "e.g. \"type:nvidia-tesla-t4;count:1;install-nvidia-driver\"",
         message(() -> BASE.withAccelerator("gpu")));
     for (String hint : Arrays.asList("type:nvidia-tesla-t4", "type:nvidia-tesla-t4;count:2;install-nvidia-driver",
-        "count:1;type:nvidia-l4")) {
+        "count:1;type:nvidia-l4", "type:nvidia-l4;count:2147483647;install-nvidia-driver:5xx")) {
       assertEquals(hint, BASE.withAccelerator(hint).config().get(InferenceConfig.ACCELERATOR));
     }
     assertEquals(
