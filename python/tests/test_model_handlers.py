@@ -15,8 +15,9 @@ import torch
 from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, ModelHandler, ModelMetadata, PredictionResult
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from inferbridge import Inference, InferenceSpec, LoadPolicy, Model, Step
 from test_inference_streaming import refresh_stream, streaming_pipeline, versions  # noqa: F401 (fixtures)
@@ -85,6 +86,46 @@ def test_a_handler_of_its_own_serves_rows_with_steps_failures_and_its_batch_boun
         )
     batches = [int(line) for line in open(log)]
     assert sum(batches) >= 10 and max(batches) <= 3, batches
+
+
+def test_a_handler_giving_another_kind_of_result_fails_its_rows_in_one_call(weight, tmp_path):
+    """WeightedSum gives a number; declared a vector, each batch's rows fail together with the
+    remedy: the kind is the model's, so the batch is not halved (a call per row)."""
+    log = str(tmp_path / "batches.log")
+    p = beam.Pipeline()
+    result = p | beam.Create(_rows(12)) | Inference(
+        Model.of(WeightedSum(weight, log), output="vector", model_id="sum"), key_field="id", feature_fields="f",
+        min_batch_size=12, max_batch_size=12,
+    )
+    assert_that(result.inferences, equal_to([]))
+    assert_that(
+        result.failures | beam.Map(lambda r: (r.stage, r.error_type, r.message)),
+        equal_to([("inference", "OutputKindError", "models[0].output='vector' gives a vector per example, but the model "
+                   "gave one number; give the handler as Model.of(handler, output='number')")] * 12),
+        label="Failures",
+    )
+    run = p.run()
+    run.wait_until_finish()
+    assert [int(line) for line in open(log)] == [12]
+    splits = run.metrics().query(MetricsFilter().with_name("model_sum_batch_splits"))["counters"]
+    assert [c.committed for c in splits] == [0]
+
+
+def test_beams_scikit_learn_handler_gives_numbers_by_default(tmp_path, digits, held_out):
+    pixels, labels = digits
+    path = tmp_path / "digits.pkl"
+    model = LogisticRegression(max_iter=2000).fit(pixels[:500] / 16, labels[:500])
+    path.write_bytes(pickle.dumps(model))
+    assert Model.of(SklearnModelHandlerNumpy(str(path))).output == "number"
+    proba = SklearnModelHandlerNumpy(str(path), inference_fn=lambda m, batch, inference_args=None: m.predict_proba(batch))
+    assert Model.of(proba).output == "vector"
+    assert Model.of(WeightedSum(str(path), str(tmp_path / "log"))).output == "vector"
+    test, _ = held_out
+    with beam.Pipeline() as p:
+        result = p | beam.Create([beam.Row(id=i, f=[float(v) for v in test[i] / 16]) for i in range(20)]) | Inference(
+            SklearnModelHandlerNumpy(str(path)), key_field="id", feature_fields="f"
+        )
+        assert_that(result.inferences | beam.Map(lambda r: (r.key, r.inference)), equal_to(list(enumerate(model.predict(test[:20] / 16).astype(float)))))
 
 
 def test_env_vars_are_set_before_the_model_loads(weight, tmp_path):

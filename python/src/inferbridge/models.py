@@ -286,6 +286,13 @@ def _examples(features: np.ndarray, kind: str, where: str) -> list[Any]:
     return list(torch.from_numpy(features.astype(np.int64)))
 
 
+class OutputKindError(ValueError):
+    """The model gives another kind of result (a number, a vector) than its ``output`` says.
+    It is the model's, not a row's: the rows of the call fail together, without halving."""
+
+    isolate_rows = False
+
+
 def shaped(value: Any, model: Model, kind: str, where: str) -> Any:
     """One example's result as a numpy scalar (``number``) or a flat 1-D array (``vector``)."""
     if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
@@ -303,13 +310,13 @@ def shaped(value: Any, model: Model, kind: str, where: str) -> Any:
     output = f"{where}.output={model.output!r}"
     if kind == steps.NUMBER:
         if array.size != 1:
-            raise ValueError(
+            raise OutputKindError(
                 f"{output} gives one number per example, but the model gave {array.size} "
                 f"values (shape {array.shape}); {_choose(model, steps.VECTOR)}"
             )
         return array.reshape(())[()]
     if array.ndim == 0:
-        raise ValueError(
+        raise OutputKindError(
             f"{output} gives a vector per example, but the model gave one number; "
             f"{_choose(model, steps.NUMBER)}"
         )
@@ -328,13 +335,13 @@ def stacked(outputs: Any, count: int, model: Model, kind: str, where: str) -> np
     output_name = f"{where}.output={model.output!r}"
     if kind == steps.NUMBER:
         if array.size != count:
-            raise ValueError(
+            raise OutputKindError(
                 f"{output_name} gives one number per example, but the model gave shape "
                 f"{array.shape[1:]} per example; {_choose(model, steps.VECTOR)}"
             )
         return array.reshape(count)
     if array.ndim == 1:
-        raise ValueError(
+        raise OutputKindError(
             f"{output_name} gives a vector per example, but the model gave one number; "
             f"{_choose(model, steps.NUMBER)}"
         )

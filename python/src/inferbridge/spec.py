@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
@@ -316,12 +317,14 @@ class Model:
         return cls(uri, "registered", name, output, options=dict(arguments or {}), **kwargs)
 
     @_model_factory()
-    def of(cls, handler: Any, *, output: str = "vector", examples: Optional[str] = None, **kwargs: Any) -> "Model":
+    def of(cls, handler: Any, *, output: Optional[str] = None, examples: Optional[str] = None, **kwargs: Any) -> "Model":
         """A Beam ``ModelHandler`` you built, served by the composite (Python pipelines only).
 
         The composite calls its ``load_model``, its ``run_inference`` with each example as a 1-D
         array of the preprocessed features (at most its ``max_batch_size`` per call), and its
-        ``update_model_path`` for model updates. ``output``: ``vector`` or ``number``.
+        ``update_model_path`` for model updates. ``output``: ``vector`` or ``number``; by default
+        ``number`` for Beam's ``SklearnModelHandlerNumpy`` calling ``predict`` (its default), else
+        ``vector``.
         ``examples``: what each example is: ``numpy`` (float64), ``torch`` (a float32 tensor),
         ``torch_int64`` (an int64 tensor, e.g. token ids for a Hugging Face model; a row with a
         fractional value fails) or ``list`` (of floats). By default ``torch`` for Beam's
@@ -337,14 +340,16 @@ class Model:
             handler = handler._unkeyed
         if examples is not None:
             kwargs["options"] = {**kwargs.get("options", {}), "examples": examples}
+        output = output or _default_output(handler)
         return cls(type(handler).__name__, "beam", "instance", output, beam_handler=handler, **kwargs)
 
     @classmethod
-    def keyed(cls, handler: Any, *, output: str = "vector") -> tuple["Model", ...]:
+    def keyed(cls, handler: Any, *, output: Optional[str] = None) -> tuple["Model", ...]:
         """The models of a Beam ``KeyedModelHandler``, or of a list of ``KeyModelMapping``s (which,
         unlike a KeyedModelHandler, logs no warning about the handlers' batch sizes: the
         composite applies each one's): one model per mapping, serving its keys (as strings), its
-        model id the mapping's first key; or one model serving every key."""
+        model id the mapping's first key; or one model serving every key. ``output``: as for
+        ``Model.of``, of every model."""
         if isinstance(handler, (list, tuple)):
             return _mapped_models(((m.keys[0], m.mh, m.keys) for m in handler), output)
         return _handler_models(handler, output)
@@ -530,7 +535,17 @@ def _is_model_handler(value: Any) -> bool:
     return callable(getattr(value, "load_model", None)) and callable(getattr(value, "run_inference", None))
 
 
-def _handler_models(handler: Any, output: str = "vector") -> tuple["Model", ...]:
+def _default_output(handler: Any) -> str:
+    """``number`` for Beam's scikit-learn handler with its own inference function (``predict``,
+    one number per example), else ``vector``. By class name: telling imports nothing."""
+    kind = type(handler)
+    if (kind.__module__, kind.__name__) != ("apache_beam.ml.inference.sklearn_inference", "SklearnModelHandlerNumpy"):
+        return "vector"
+    beams = getattr(sys.modules[kind.__module__], "_default_numpy_inference_fn", None)
+    return "number" if getattr(handler, "_model_inference_fn", None) is beams else "vector"
+
+
+def _handler_models(handler: Any, output: Optional[str] = None) -> tuple["Model", ...]:
     """The models a Beam handler stands for: itself, or each model of a KeyedModelHandler, with
     the keys of its KeyModelMapping (as strings) and the first key as its model id."""
     if getattr(handler, "_single_model", True):  # one model, keyed or not
@@ -543,7 +558,7 @@ def _handler_models(handler: Any, output: str = "vector") -> tuple["Model", ...]
     )
 
 
-def _mapped_models(mappings: Iterable[tuple[Any, Any, Sequence]], output: str) -> tuple["Model", ...]:
+def _mapped_models(mappings: Iterable[tuple[Any, Any, Sequence]], output: Optional[str]) -> tuple["Model", ...]:
     """One model per ``(model_id, handler, keys)`` of a Beam key-model mapping, its id and keys
     as strings."""
     return tuple(
