@@ -596,7 +596,8 @@ def test_model_classes_must_be_under_an_allowed_prefix(torch_files):
         message = str(raised.value)
         assert message.startswith("models[0].options.model_class='tiny_torch:TinyNet' is not under an allowed")
         assert f"add 'tiny_torch' (or a parent package) to {ALLOWED_CLASSES_ENV}" in message
-        assert "--allow-model-class=PREFIX to the expansion service or to inferbridge-local" in message
+        assert "give the expansion service (or inferbridge-local) --allow-model-class=PREFIX" in message
+        assert message.endswith("which replaces the environment's, add it to the policy's allowed_model_classes")
 
 
 def test_a_refused_model_class_is_never_imported():

@@ -190,8 +190,7 @@ class LoadPolicy:
         if not allowed:
             raise OutsideRoots(
                 f"{field} is not under an allowed endpoint ({_listing(self.allowed_endpoints)}); "
-                f"to allow it, add its URL prefix to {ALLOWED_ENDPOINTS_ENV} (comma-separated) or start "
-                "the expansion service with --allow-endpoint=PREFIX"
+                f"to allow it, {_ways_to_allow('its URL prefix', ALLOWED_ENDPOINTS_ENV, '--allow-endpoint=PREFIX', 'allowed_endpoints')}"
             )
 
     def check_registered_handler(self, name: str, where: str = "model") -> None:
@@ -200,8 +199,7 @@ class LoadPolicy:
         if ANY not in allowed and name not in allowed:
             raise ValueError(
                 f"{where}.format={shorten(name)}: the registered handler is not allowed ({_listing(allowed)}); to "
-                f"allow it, add its name to {ALLOWED_HANDLERS_ENV} (comma-separated) or start the expansion "
-                "service with --allow-registered-handler=NAME"
+                f"allow it, {_ways_to_allow('its name', ALLOWED_HANDLERS_ENV, '--allow-registered-handler=NAME', 'allowed_registered_handlers')}"
             )
 
     def check_opened(self, model: Model, uri: str, real_path: str, where: str = "model") -> None:
@@ -245,15 +243,13 @@ class LoadPolicy:
                 raise OutsideRoots(
                     f"{where}.uri={uri!r}: {model.framework} format {model.format!r} runs code "
                     f"when loaded, so it is loaded only from trusted roots ({roots}); to allow "
-                    f"it, put the file under a trusted root and add that directory to "
-                    f"{TRUSTED_ROOTS_ENV} (comma-separated) or start the expansion service with "
-                    "--trusted-model-root DIR; or save the model in a format that does not run "
-                    f"code ({_safe_formats()}){relative_path_hint(uri)}"
+                    f"it, put the file under a directory you trust and "
+                    f"{_ways_to_allow('that directory', TRUSTED_ROOTS_ENV, '--trusted-model-root DIR', 'trusted_roots')}; "
+                    f"or save the model in a format that does not run code ({_safe_formats()}){relative_path_hint(uri)}"
                 )
             raise OutsideRoots(
                 f"{where}.uri={uri!r} is outside the allowed model roots ({roots}); to allow it, "
-                f"add its directory to {MODEL_ROOTS_ENV} (comma-separated) or start the expansion "
-                f"service with --model-root DIR{relative_path_hint(uri)}"
+                f"{_ways_to_allow('its directory', MODEL_ROOTS_ENV, '--model-root DIR', 'model_roots')}{relative_path_hint(uri)}"
             )
         class_option = frameworks.class_to_import(model)
         if class_option is not None and isinstance(class_option[1], str):
@@ -270,10 +266,18 @@ class LoadPolicy:
         raise ValueError(
             f"{where}={model_class!r} is not under an allowed model class prefix "
             f"({_listing(self.allowed_model_classes)}); importing it would run its module's code. "
-            f"To allow it, add {module!r} (or a parent package) to {ALLOWED_CLASSES_ENV} "
-            "(comma-separated), or give --allow-model-class=PREFIX to the expansion service or to "
-            "inferbridge-local"
+            f"To allow it, {_ways_to_allow(f'{module!r} (or a parent package)', ALLOWED_CLASSES_ENV, '--allow-model-class=PREFIX', 'allowed_model_classes')}"
         )
+
+
+def _ways_to_allow(what: str, env: str, flag: str, field: str) -> str:
+    """How to allow ``what``: for the expansion service (and Python pipelines without a policy
+    of their own), and for a Python pipeline's own policy, which replaces the environment's."""
+    return (
+        f"add {what} to {env} (comma-separated) or give the expansion service (or inferbridge-local) "
+        f"{flag}; in a Python pipeline given policy=LoadPolicy(...), which replaces the environment's, "
+        f"add it to the policy's {field}"
+    )
 
 
 def local_path(uri: str) -> Optional[str]:
