@@ -304,7 +304,7 @@ def test_a_model_file_that_does_not_load_fails_its_rows_and_the_other_model_serv
                     "joblib", "inference", "joblib", "ModelLoadError",
                     f"models[1].uri={str(tmp_path / 'saved-with-joblib.pkl')!r} could not be loaded as sklearn "
                     f"format 'pickle': UnpicklingError: invalid load key.; a file saved with "
-                    "joblib.dump needs format='joblib'",
+                    "joblib.dump needs format 'joblib' (Java: SklearnModel.joblib)",
                 )
             ] * 20
             + [

@@ -270,6 +270,30 @@ def test_skops_refuses_untrusted_types_and_lists_them(digits, root):
         handler.load_model()
 
 
+@pytest.mark.parametrize(
+    "given, fmt, hint",
+    [
+        (("joblib", "a"), "pickle", "; a file saved with joblib.dump needs format 'joblib' (Java: SklearnModel.joblib)"),
+        (("skops", "a"), "pickle", "; the file is a zip archive: a skops file needs format 'skops' (Java: SklearnModel.skops)"),
+        (("pickle", "a"), "skops", "; the file is a pickle: it needs format 'pickle' or 'joblib', from a trusted root"),
+        ("noise", "pickle", None),  # not a pickle at all: no guess at another format
+    ],
+)
+def test_a_file_of_another_format_is_named_with_the_format_it_looks_like(sk_files, root, given, fmt, hint):
+    path = sk_files[given] if given != "noise" else str(root / "noise.pkl")
+    if given == "noise":
+        (root / "noise.pkl").write_bytes(bytes(range(7, 250)))
+    handler = models.handler_for(_sklearn(path, fmt), ANYTHING)
+    with pytest.raises(models.ModelLoadError) as raised:
+        handler.load_model()
+    message = str(raised.value)
+    assert message.startswith(f"model.uri={path!r} could not be loaded as sklearn format {fmt!r}: ")
+    if hint is None:
+        assert "joblib" not in message and "zip" not in message and "; " not in message
+    else:
+        assert message.endswith(hint)
+
+
 def _halve(x):
     return x / 2
 

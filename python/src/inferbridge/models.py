@@ -68,14 +68,26 @@ def handler_for(model: Model, policy: LoadPolicy, where: str = "model") -> Check
     return CheckedModelHandler(model, policy, kind, where)
 
 
+# How files of the scikit-learn formats begin: a zip archive (skops), a pickle of protocol 2+.
+_ZIP = b"PK\x03\x04"
+_PICKLE = b"\x80"
+
+
 class ModelLoadError(Exception):
     """A model file that its framework could not load (corrupt, or of another format than
     given), naming the file, the framework and format, and what failed."""
 
-    def __init__(self, model: Model, uri: str, where: str, error: BaseException) -> None:
+    def __init__(self, model: Model, uri: str, where: str, error: BaseException, head: bytes = b"") -> None:
         hint = ""
-        if model.format == "pickle" and isinstance(error, pickle.UnpicklingError):
-            hint = "; a file saved with joblib.dump needs format='joblib'"
+        if head.startswith(_ZIP):
+            if model.format != "skops":
+                hint = "; the file is a zip archive: a skops file needs format 'skops' (Java: SklearnModel.skops)"
+        elif head.startswith(_PICKLE):
+            if model.format == "pickle" and isinstance(error, pickle.UnpicklingError):
+                # joblib writes numpy arrays raw between pickle opcodes, which pickle cannot read
+                hint = "; a file saved with joblib.dump needs format 'joblib' (Java: SklearnModel.joblib)"
+            elif model.format == "skops":
+                hint = "; the file is a pickle: it needs format 'pickle' or 'joblib', from a trusted root"
         super().__init__(
             f"{where}.uri={uri!r} could not be loaded as {model.framework} format {model.format!r}: "
             f"{type(error).__name__}: {error}{hint}"
@@ -129,7 +141,8 @@ class CheckedModelHandler(ModelHandler):
             except Exception as e:
                 if str(e).startswith(f"{self._where}."):  # InferBridge's own, naming the model
                     raise
-                raise ModelLoadError(self._model, self._uri, self._where, e) from e
+                file.file.seek(0)
+                raise ModelLoadError(self._model, self._uri, self._where, e, file.file.read(4)) from e
 
     def newest_watched(self) -> Optional[str]:
         """The newest file of the model's watch pattern that it may be loaded from, if any."""
