@@ -186,7 +186,7 @@ def test_gradle_project_runs_a_pipeline_with_the_published_artifact(
 ):
     rows, expected = rows_and_expected
     output = tmp_path / "gradle-predictions.txt"
-    run(
+    printed = run(
         [
             gradle_command(), "--no-daemon", "--console=plain", "--project-dir", str(consumer),
             f"-PinferbridgeRepository={repository}",
@@ -199,3 +199,7 @@ def test_gradle_project_runs_a_pipeline_with_the_published_artifact(
         what="gradle run",
     )
     assert set(output.read_text().split()) == expected
+    # A successful run is quiet: Beam's logs (here on slf4j-simple, whose lines read
+    # "[thread] LEVEL logger - message") stop at warnings, and none is printed.
+    logged = [line for line in printed.splitlines() if re.match(r"\[[^\]]+\] (TRACE|DEBUG|INFO|WARN|ERROR) ", line)]
+    assert logged == [], logged[:10]
