@@ -223,8 +223,12 @@ class ProvidedModelHandler:
         self._model, self._kind, self._where = model, kind, where
         self._handler = handler
         # The handler as given: what a failed update falls back to (its uri is no file, but the
-        # handler's name: the model the handler itself names).
-        self._given = copy.deepcopy(handler)
+        # handler's name: the model the handler itself names). None for a handler that cannot be
+        # copied: a failed update then fails its rows.
+        try:
+            self._given: Optional[ModelHandler] = copy.deepcopy(handler)
+        except Exception:  # noqa: BLE001 - whatever its parts refuse
+            self._given = None
         self._uri = model.uri
         self._max_batch = self._handler.batch_elements_kwargs().get("max_batch_size")
         self._examples = model.options.get("examples") or _default_examples(handler)
@@ -248,7 +252,7 @@ class ProvidedModelHandler:
         return self._handler.load_model()
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path == self._model.uri:
+        if model_path == self._model.uri and self._given is not None:
             self._uri, self._handler = model_path, copy.deepcopy(self._given)
         elif model_path:
             self._uri = model_path
