@@ -224,7 +224,7 @@ class ProvidedModelHandler:
         self._handler = handler
         # The handler as given: what a failed update falls back to (its uri is no file, but the
         # handler's name: the model the handler itself names). None for a handler that cannot be
-        # copied: a failed update then fails its rows.
+        # copied: a failed update then stays, and fails its rows with its own error.
         try:
             self._given: Optional[ModelHandler] = copy.deepcopy(handler)
         except Exception:  # noqa: BLE001 - whatever its parts refuse
@@ -252,8 +252,9 @@ class ProvidedModelHandler:
         return self._handler.load_model()
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
-        if model_path == self._model.uri and self._given is not None:
-            self._uri, self._handler = model_path, copy.deepcopy(self._given)
+        if model_path == self._model.uri:  # the handler as given, with its own model
+            if self._given is not None:
+                self._uri, self._handler = model_path, copy.deepcopy(self._given)
         elif model_path:
             self._uri = model_path
             self._handler.update_model_path(model_path)
