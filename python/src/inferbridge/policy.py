@@ -54,14 +54,16 @@ MODEL_SOURCE_FLAGS = {
     "its embedded or PROCESS workers, for PyTorch model classes and --import modules (repeatable)",
 }
 
-# Each field of LoadPolicy, as the service's flag and environment variable that set it.
-FIELD_FLAGS = {
-    "model_roots": f"--model-root (${MODEL_ROOTS_ENV})",
-    "trusted_roots": f"--trusted-model-root (${TRUSTED_ROOTS_ENV})",
-    "allowed_model_classes": f"--allow-model-class (${ALLOWED_CLASSES_ENV})",
-    "allowed_endpoints": f"--allow-endpoint (${ALLOWED_ENDPOINTS_ENV})",
-    "allowed_registered_handlers": f"--allow-registered-handler (${ALLOWED_HANDLERS_ENV})",
+# Each field of LoadPolicy: the service's flag that sets it (with the form of its value) and
+# the environment variable.
+_FIELD_SOURCES = {
+    "model_roots": ("--model-root", " DIR", MODEL_ROOTS_ENV),
+    "trusted_roots": ("--trusted-model-root", " DIR", TRUSTED_ROOTS_ENV),
+    "allowed_model_classes": ("--allow-model-class", "=PREFIX", ALLOWED_CLASSES_ENV),
+    "allowed_endpoints": ("--allow-endpoint", "=PREFIX", ALLOWED_ENDPOINTS_ENV),
+    "allowed_registered_handlers": ("--allow-registered-handler", "=NAME", ALLOWED_HANDLERS_ENV),
 }
+FIELD_FLAGS = {name: f"{flag} (${env})" for name, (flag, _, env) in _FIELD_SOURCES.items()}
 
 
 def as_flags(message: str) -> str:
@@ -190,7 +192,7 @@ class LoadPolicy:
         if not allowed:
             raise OutsideRoots(
                 f"{field} is not under an allowed endpoint ({_listing(self.allowed_endpoints)}); "
-                f"to allow it, {_ways_to_allow('its URL prefix', ALLOWED_ENDPOINTS_ENV, '--allow-endpoint=PREFIX', 'allowed_endpoints')}"
+                f"to allow it, {_ways_to_allow('its URL prefix', 'allowed_endpoints')}"
             )
 
     def check_registered_handler(self, name: str, where: str = "model") -> None:
@@ -199,7 +201,7 @@ class LoadPolicy:
         if ANY not in allowed and name not in allowed:
             raise ValueError(
                 f"{where}.format={shorten(name)}: the registered handler is not allowed ({_listing(allowed)}); to "
-                f"allow it, {_ways_to_allow('its name', ALLOWED_HANDLERS_ENV, '--allow-registered-handler=NAME', 'allowed_registered_handlers')}"
+                f"allow it, {_ways_to_allow('its name', 'allowed_registered_handlers')}"
             )
 
     def check_opened(self, model: Model, uri: str, real_path: str, where: str = "model") -> None:
@@ -244,12 +246,12 @@ class LoadPolicy:
                     f"{where}.uri={uri!r}: {model.framework} format {model.format!r} runs code "
                     f"when loaded, so it is loaded only from trusted roots ({roots}); to allow "
                     f"it, put the file under a directory you trust and "
-                    f"{_ways_to_allow('that directory', TRUSTED_ROOTS_ENV, '--trusted-model-root DIR', 'trusted_roots')}; "
+                    f"{_ways_to_allow('that directory', 'trusted_roots')}; "
                     f"or save the model in a format that does not run code ({_safe_formats()}){relative_path_hint(uri)}"
                 )
             raise OutsideRoots(
                 f"{where}.uri={uri!r} is outside the allowed model roots ({roots}); to allow it, "
-                f"{_ways_to_allow('its directory', MODEL_ROOTS_ENV, '--model-root DIR', 'model_roots')}{relative_path_hint(uri)}"
+                f"{_ways_to_allow('its directory', 'model_roots')}{relative_path_hint(uri)}"
             )
         class_option = frameworks.class_to_import(model)
         if class_option is not None and isinstance(class_option[1], str):
@@ -266,17 +268,19 @@ class LoadPolicy:
         raise ValueError(
             f"{where}={model_class!r} is not under an allowed model class prefix "
             f"({_listing(self.allowed_model_classes)}); importing it would run its module's code. "
-            f"To allow it, {_ways_to_allow(f'{module!r} (or a parent package)', ALLOWED_CLASSES_ENV, '--allow-model-class=PREFIX', 'allowed_model_classes')}"
+            f"To allow it, {_ways_to_allow(f'{module!r} (or a parent package)', 'allowed_model_classes')}"
         )
 
 
-def _ways_to_allow(what: str, env: str, flag: str, field: str) -> str:
-    """How to allow ``what``: for the expansion service (and Python pipelines without a policy
-    of their own), and for a Python pipeline's own policy, which replaces the environment's."""
+def _ways_to_allow(what: str, field: str) -> str:
+    """How to allow ``what`` in the policy's ``field``: for the expansion service (and Python
+    pipelines without a policy of their own), and in a Python pipeline's own policy, which
+    replaces the environment's."""
+    flag, value, env = _FIELD_SOURCES[field]
     return (
         f"add {what} to {env} (comma-separated) or give the expansion service (or inferbridge-local) "
-        f"{flag}; in a Python pipeline given policy=LoadPolicy(...), which replaces the environment's, "
-        f"add it to the policy's {field}"
+        f"{flag}{value}; in a Python pipeline given policy=LoadPolicy(...), which replaces the "
+        f"environment's, add it to the policy's {field}"
     )
 
 

@@ -205,12 +205,12 @@ def check_resource_hints(min_ram: Optional[str], accelerator: Optional[str]) -> 
                 f"accelerator={accelerator!r} must be printable ASCII, e.g. "
                 "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'"
             )
-        names = [part.partition(":")[0] for part in accelerator.split(";")]
-        parts = dict(part.partition(":")[::2] for part in accelerator.split(";"))
+        pairs = [part.partition(":")[::2] for part in accelerator.split(";")]
+        parts = dict(pairs)
         count = parts.get("count", "1")
         if (
             not parts.get("type")
-            or len(set(names)) < len(names)
+            or len(parts) < len(pairs)  # an option given twice
             or not (count.isdigit() and 0 < int(count) <= _MAX_ACCELERATORS)
         ):
             raise ValueError(

@@ -33,6 +33,7 @@ import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.regex.Pattern;
 import org.apache.beam.sdk.Pipeline;
 import org.apache.beam.sdk.schemas.Schema;
 import org.apache.beam.sdk.schemas.Schema.FieldType;
@@ -164,6 +165,13 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   private static final Set<TypeName> KEY_TYPES =
       EnumSet.of(TypeName.STRING, TypeName.INT64, TypeName.INT32, TypeName.INT16, TypeName.BYTE);
+
+  // What the service refuses, refused here first (bounds.py, spec.check_resource_hints).
+  private static final int LARGEST_BATCH = 1_000_000;
+  private static final long LONGEST_BATCH_WAIT_MILLIS = 3_600_000L;
+  private static final int MAX_MIN_RAM_CHARS = 32;
+  private static final Pattern MEMORY_SIZE = Pattern.compile("[0-9]+(\\.[0-9]+)? ?([KMGTP]i?B|B)");
+  private static final int MAX_ACCELERATOR_CHARS = 256;
 
   /** Every setting of this transform, sent ones and Java-only ones (see {@link InferenceConfig}). */
   private final InferenceConfig config;
@@ -411,10 +419,6 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     return with(MAX_BATCH_DURATION, duration);
   }
 
-  // The service's bounds (bounds.MAX_BATCH_SIZE, bounds.MAX_BATCH_DURATION_SECS).
-  private static final int LARGEST_BATCH = 1_000_000;
-  private static final long LONGEST_BATCH_WAIT_MILLIS = 3_600_000L;
-
   /**
    * How examples of different shapes in a batch reach the model: {@link VariableLength#BUCKET}
    * (the default: one model call per shape) or {@link VariableLength#PAD} (padded with 0 to the
@@ -460,11 +464,11 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
 
   /** The Beam resource hint {@code min_ram} of the inference step, e.g. {@code 4GB} or {@code 512MiB}. */
   public Inference withMinRam(String minRam) {
-    // The service's form (spec.check_resource_hints, bounds.MAX_MIN_RAM_CHARS): a number and a unit.
-    if (minRam == null || minRam.length() > 32 || !MEMORY_SIZE.matcher(minRam).matches()) {
+    if (minRam == null || minRam.length() > MAX_MIN_RAM_CHARS || !MEMORY_SIZE.matcher(minRam).matches()) {
       throw new IllegalArgumentException(
           "withMinRam(" + Model.quote(minRam) + "): not a memory size; use a number and a unit (B, KB, MB, GB, "
-              + "TB, PB, KiB, MiB, GiB, TiB, PiB) in at most 32 characters, e.g. \"4GB\" or \"512MiB\"");
+              + "TB, PB, KiB, MiB, GiB, TiB, PiB) in at most " + MAX_MIN_RAM_CHARS + " characters, e.g. \"4GB\" "
+              + "or \"512MiB\"");
     }
     try {
       ResourceHints.create().withMinRam(minRam);
@@ -476,9 +480,6 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     return with(MIN_RAM, minRam);
   }
-
-  private static final java.util.regex.Pattern MEMORY_SIZE =
-      java.util.regex.Pattern.compile("[0-9]+(\\.[0-9]+)? ?([KMGTP]i?B|B)");
 
   /**
    * The Beam resource hint {@code accelerator}: {@code type:TYPE}, then {@code ;}-separated
@@ -496,9 +497,6 @@ public final class Inference extends PTransform<PCollection<Row>, InferenceResul
     }
     return with(ACCELERATOR, accelerator);
   }
-
-  // The service's bound (bounds.MAX_ACCELERATOR_CHARS).
-  private static final int MAX_ACCELERATOR_CHARS = 256;
 
   /** What the service accepts (spec.check_resource_hints): a type, a positive count if any. */
   private static boolean isAcceleratorHint(String hint) {
